@@ -1,0 +1,75 @@
+"""Loading models to prune and writing pruned ones as ordinary Ultralytics checkpoints, atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from ultralytics import YOLO, __version__
+
+from .cfg import PruneError
+
+
+def load_model(model: str | Path) -> YOLO:
+    """Load ``model`` (a packaged/local yaml or a local .pt) without any download; PruneError if it can't be."""
+    model = str(model)
+    suffix = Path(model).suffix.lower()
+    if suffix not in {".yaml", ".yml", ".pt"}:
+        raise PruneError(f"model={model!r} is invalid; accepted: a model .yaml (e.g. yolo11n.yaml) or a .pt checkpoint")
+    if suffix == ".pt" and not Path(model).is_file():  # Ultralytics would try to download it
+        raise PruneError(f"model: file '{model}' not found; accepted: an existing local .pt checkpoint")
+    try:
+        return YOLO(model)
+    except FileNotFoundError:
+        raise PruneError(f"model: '{model}' not found; accepted: a packaged yaml such as yolo11n.yaml or a local file")
+    except Exception as e:  # torch/pickle/yaml raise many types for a corrupt file
+        kind = "checkpoint" if suffix == ".pt" else "model yaml"
+        raise PruneError(f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}: {e})".split("\n")[0])
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None, **extra) -> Path:
+    """Save ``model`` like Ultralytics' trainer does (FP16 whole module under ``ema``), atomically.
+
+    ``YOLO(path)`` loads it back with the pruned shapes; ``extra`` keys (e.g. ``yolo_prune``) ride along.
+    """
+    snapshot = deepcopy(model).half().to(memory_format=torch.contiguous_format)
+    if hasattr(snapshot, "criterion"):
+        snapshot.criterion = None  # training-only state, as Ultralytics strips it
+    ckpt = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": None,
+        "ema": snapshot,
+        "updates": None,
+        "optimizer": None,
+        "train_args": dict(train_args or {}),
+        "train_metrics": None,
+        "train_results": None,
+        **extra,
+    }
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())

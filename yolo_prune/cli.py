@@ -1,0 +1,105 @@
+"""The ``yolo-prune`` command: ``yolo-prune MODE key=value ...``, the same syntax as ``yolo``.
+
+Own modes are handled here; ``val``, ``predict``, ``export`` and ``track`` go to Ultralytics' entrypoint unchanged
+(pruned checkpoints load there like any other), after built-in dataset names are resolved to their yaml.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import Any, Callable
+
+from .cfg import PRUNE_DEFAULTS, PruneError
+
+PASSTHROUGH = ("val", "predict", "export", "track")
+PRUNE_KEYS = {"model": None, "imgsz": 640, "project": "runs/prune", "name": "exp", "exist_ok": False, **PRUNE_DEFAULTS}
+
+HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...
+
+  yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [prune_method=l2] [prune_round=8] [project=runs/prune] [name=exp]
+      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
+  yolo-prune {{{"|".join(PASSTHROUGH)}}} model=pruned.pt ...   same keys as 'yolo'; data=shapes uses the built-in dataset
+  yolo-prune version | help
+"""
+
+
+def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Split ``MODE key=value ...`` into the mode and a dict of typed values (Ultralytics' own parsing)."""
+    from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+
+    mode, overrides = None, {}
+    for a in merge_equals_args(args):
+        if "=" in a:
+            try:
+                k, v = parse_key_value_pair(a)
+            except AssertionError:
+                raise PruneError(f"'{a}' has no value; accepted: key=value")
+            overrides[k] = v
+        elif mode is None:
+            mode = a
+        else:
+            raise PruneError(f"'{a}' is not key=value; accepted: yolo-prune MODE key=value ...")
+    return mode, overrides
+
+
+def check_keys(overrides: dict[str, Any], accepted: dict[str, Any], mode: str) -> None:
+    """One-line PruneError for the first key not in ``accepted``, with the closest valid key."""
+    for k in overrides:
+        if k not in accepted:
+            close = difflib.get_close_matches(k, accepted, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise PruneError(f"'{k}' is not a valid key for 'yolo-prune {mode}'; {hint}accepted: {', '.join(accepted)}")
+
+
+def _prune(overrides: dict[str, Any]) -> None:
+    from .oneshot import prune_file
+
+    check_keys(overrides, PRUNE_KEYS, "prune")
+    if overrides.get("model") is None:
+        raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
+    prune_file(**overrides)
+
+
+def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
+    from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
+
+    from .datasets import resolve_data
+
+    check_keys(overrides, DEFAULT_CFG_DICT, mode)
+    if "data" in overrides:
+        overrides["data"] = resolve_data(overrides["data"])
+    # entrypoint() reads sys.argv (the same list object Ultralytics captured at import), so rewrite it in place
+    sys.argv[:] = ["yolo", mode, *(f"{k}={v}" for k, v in overrides.items())]
+    entrypoint()
+
+
+MODES: dict[str, Callable[[dict[str, Any]], None]] = {"prune": _prune}
+
+
+def entrypoint(argv: list[str] | None = None) -> int:
+    """Run ``yolo-prune``; returns the exit status (2 on bad input, with one line on stderr)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        mode, overrides = parse_args(argv)
+        if mode in (None, "help"):
+            print(HELP)
+        elif mode == "version":
+            from . import __version__
+
+            print(__version__)
+        elif mode in MODES:
+            MODES[mode](overrides)
+        elif mode in PASSTHROUGH:
+            _passthrough(mode, overrides)
+        else:
+            raise PruneError(f"mode '{mode}' is invalid; accepted: {', '.join([*MODES, *PASSTHROUGH])}")
+    except PruneError as e:
+        print(f"yolo-prune: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(entrypoint())

@@ -1,0 +1,424 @@
+"""Channel pruning engine: torch-pruning's DependencyGraph on Ultralytics YOLO detection models.
+
+Pruning is split in two so the trainer can decide once and apply everywhere:
+
+* :class:`ChannelPruner` traces one model, ranks the channels of every coupled group with an importance criterion and
+  returns a :class:`PrunePlan` (root layer name -> channel indices to remove), for a per-layer ratio or a GFLOPs target.
+* :func:`apply_plan` removes those channels from any structurally identical model: the live model, its EMA copy, or
+  the model on another DDP rank. The plan is plain data, so it can be broadcast.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from ultralytics.nn.modules.block import C2PSA, C3, DFL, SPPF, Attention, Bottleneck, C2f, C3k2, PSABlock
+from ultralytics.nn.modules.conv import Concat, Conv, DWConv
+from ultralytics.nn.modules.head import Detect
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops, unwrap_model
+
+from .blocks import C2fSplit, C2PSASplit
+from .cfg import PruneError
+from .importance import get_importance
+
+# Ultralytics blocks the engine is verified on (YOLOv8 / YOLO11 / YOLO26 detection). Anything else from
+# ultralytics.nn is refused up front: torch-pruning would trace it, but chunk/split/view inside an unknown block can
+# mis-map channels silently.
+SUPPORTED_BLOCKS = (
+    Conv,
+    DWConv,
+    C2f,
+    C3k2,
+    C3,
+    Bottleneck,
+    SPPF,
+    C2PSA,
+    PSABlock,
+    Attention,
+    Concat,
+    Detect,
+    DFL,
+    C2fSplit,
+    C2PSASplit,
+)
+SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detection models (DetectionModel with a Detect head)"
+TRACE_IMGSZ = 64  # the dependency graph does not depend on spatial size; a small trace keeps time and RSS low
+
+
+class _AttentionPruner(tp.pruner.function.BasePruningFunc):
+    """Treat ``Attention`` as one opaque layer so the tracer never walks its view/split/matmul.
+
+    Tracing inside Attention is what blew up RSS (see the traps notes). Its channels are kept intact: the engine lists
+    every Attention as ignored, so no group that would change its width is ever pruned, and these methods only serve
+    the graph builder.
+    """
+
+    def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        raise RuntimeError("yolo-prune keeps Attention layers intact; this group should have been ignored")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.proj.conv.out_channels
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.qkv.conv.in_channels
+
+
+CUSTOMIZED_PRUNERS = {Attention: _AttentionPruner()}
+
+
+@dataclass
+class PrunePlan:
+    """Channels to remove, as plain data: ``groups`` is a list of (root layer name, channel indices)."""
+
+    groups: list[tuple[str, list[int]]] = field(default_factory=list)
+    ratio: float = 0.0  # per-layer channel ratio the plan was made with
+    est_flops_fraction: float = 1.0  # estimated GFLOPs after / before (conv and linear layers)
+
+    @property
+    def n_channels(self) -> int:
+        """Total number of root channels removed."""
+        return sum(len(i) for _, i in self.groups)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise PruneError naming the first thing about ``model`` that the engine does not support."""
+    model = unwrap_model(model)
+    if type(model) is not DetectionModel or not isinstance(model.model[-1], Detect) or type(model.model[-1]) is not Detect:
+        raise PruneError(f"model: {type(model).__name__} is not supported; supported: {SUPPORTED_MODELS}")
+    for m in model.modules():
+        if type(m).__module__.startswith("ultralytics.nn.modules") and not isinstance(m, SUPPORTED_BLOCKS):
+            raise PruneError(f"model: block {type(m).__name__} is not supported; supported: {SUPPORTED_MODELS}")
+
+
+def prepare_model(model: nn.Module) -> nn.Module:
+    """Swap C2f/C3k2/C2PSA for their two-conv equivalents in place (idempotent; outputs are unchanged)."""
+    model = unwrap_model(model)
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, C2f):  # C3k2 included
+                setattr(parent, name, C2fSplit(child))
+            elif isinstance(child, C2PSA):
+                setattr(parent, name, C2PSASplit(child))
+            else:
+                swap(child)
+
+    swap(model)
+    return model
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers whose output channels define the model's outputs and must keep their width."""
+    head = unwrap_model(model).model[-1]
+    keep: list[nn.Module] = [head.dfl]
+    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):  # the last conv of each branch; hidden widths can go
+        branches = getattr(head, attr, None)
+        if branches is not None:
+            keep += [branch[-1] for branch in branches]
+    return keep
+
+
+def _raw_outputs(out) -> list[torch.Tensor]:
+    """Tensors of the raw head outputs, skipping decoded/top-k post-processing and the echoed input features."""
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], dict):
+        out = out[1]  # eval mode: (decoded, raw preds); trace the raw preds only
+    found: list[torch.Tensor] = []
+
+    def walk(x) -> None:
+        if isinstance(x, torch.Tensor):
+            found.append(x)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if k != "feats":
+                    walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(out)
+    return found
+
+
+@contextmanager
+def tracing_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode with every parameter requiring grad, restoring both afterwards.
+
+    torch-pruning traces through autograd and skips frozen parameters (Ultralytics always freezes ``.dfl``), and YOLO26
+    detaches the one-to-one head inputs in train mode, so tracing needs eval() and grads on.
+    """
+    was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        model.train(was_training)
+
+
+def build_graph(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tp.DependencyGraph:
+    """Trace ``model`` (already prepared) into a torch-pruning DependencyGraph."""
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype)
+    with tracing_mode(model):
+        return tp.DependencyGraph().build_dependency(
+            model,
+            x,
+            forward_fn=lambda m, x: _raw_outputs(m(x)),
+            customized_pruners=CUSTOMIZED_PRUNERS,
+            verbose=False,
+        )
+
+
+def kept_channels(channels: int, ratio: float, round_to: int) -> int:
+    """Channels a layer keeps at per-layer ratio ``ratio``: a multiple of ``round_to``, at least ``round_to``."""
+    if channels <= round_to:
+        return channels
+    keep = round(channels * (1.0 - ratio) / round_to) * round_to
+    return int(min(channels, max(round_to, keep)))
+
+
+class ChannelPruner:
+    """Dependency graph, coupled groups and channel ranking of one model state.
+
+    Args:
+        model: A prepared Ultralytics detection model (see :func:`prepare_model`).
+        method: Importance criterion name (``prune_method``).
+        round_to: Kept channel counts are multiples of this (``prune_round``).
+        ignored_layers: Extra layers whose output channels must stay intact.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "l2", round_to: int = 8, ignored_layers=()):
+        self.model = unwrap_model(model)
+        self.round_to = int(round_to)
+        self.importance = get_importance(method)
+        self.graph = build_graph(self.model)
+        names = self.graph._module2name
+        ignored = output_layers(self.model) + list(ignored_layers)
+        ignored += [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.groups = []  # (root name, channel ranking ascending, group)
+        with tracing_mode(self.model):
+            for group in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+                imp = self.importance(group)
+                if imp is None:
+                    continue
+                self.groups.append((names[group[0].dep.target.module], torch.argsort(imp.cpu()).tolist(), group))
+        self._flops_model = self._conv_costs()
+
+    def _conv_costs(self) -> dict:
+        """Per-layer FLOPs terms and, per group, which layers lose input/output channels with it."""
+        hw: dict[nn.Module, int] = {}
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o.shape[-1] * o.shape[-2] if o.ndim == 4 else 1))
+            for m in self.model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
+        p = next(self.model.parameters())
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            self.model(torch.zeros(1, 3, TRACE_IMGSZ, TRACE_IMGSZ, device=p.device, dtype=p.dtype))
+        self.model.train(was_training)
+        for h in hooks:
+            h.remove()
+        touched = []  # per group: [(layer, "out"|"in")]
+        for _, _, group in self.groups:
+            layers = []
+            for dep, _ in group:
+                m = dep.target.module
+                if m in hw:
+                    layers.append((m, "out" if self.graph.is_out_channel_pruning_fn(dep.handler) else "in"))
+            touched.append(layers)
+        return {"hw": hw, "touched": touched}
+
+    def estimate_flops(self, removed: list[int]) -> float:
+        """Conv + linear FLOPs (arbitrary units) if group ``g`` loses ``removed[g]`` channels."""
+        d_out: dict[nn.Module, int] = {}
+        d_in: dict[nn.Module, int] = {}
+        for n, layers in zip(removed, self._flops_model["touched"]):
+            for m, kind in layers:
+                d = d_out if kind == "out" else d_in
+                d[m] = d.get(m, 0) + n
+        total = 0.0
+        for m, hw in self._flops_model["hw"].items():
+            if isinstance(m, nn.Linear):
+                total += (m.in_features - d_in.get(m, 0)) * (m.out_features - d_out.get(m, 0))
+                continue
+            k = m.kernel_size[0] * m.kernel_size[1]
+            if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise: in and out move together
+                total += k * (m.out_channels - max(d_out.get(m, 0), d_in.get(m, 0))) * hw
+            else:
+                cin = (m.in_channels - d_in.get(m, 0)) / m.groups
+                total += k * cin * (m.out_channels - d_out.get(m, 0)) * hw
+        return total
+
+    def _removed(self, ratio: float) -> list[int]:
+        return [len(order) - kept_channels(len(order), ratio, self.round_to) for _, order, _ in self.groups]
+
+    def plan(self, ratio: float | None = None, flops_fraction: float | None = None) -> PrunePlan:
+        """Plan a prune at a per-layer channel ``ratio``, or to keep ``flops_fraction`` of the current GFLOPs."""
+        removed = self._removed(ratio) if flops_fraction is None else self.removed_for_flops(flops_fraction)
+        groups = [(name, sorted(order[:n])) for (name, order, _), n in zip(self.groups, removed) if n > 0]
+        est = self.estimate_flops(removed) / self.estimate_flops([0] * len(removed))
+        total = sum(len(order) for _, order, _ in self.groups)
+        return PrunePlan(groups=groups, ratio=sum(removed) / max(total, 1), est_flops_fraction=est)
+
+    def removed_for_flops(self, flops_fraction: float) -> list[int]:
+        """Channels to remove per group so the estimated GFLOPs fraction lands closest to ``flops_fraction``.
+
+        torch-pruning only takes channel ratios, and GFLOPs fall roughly with the square of the kept width. A uniform
+        ratio is searched first on the analytic estimate (no copy, no re-trace); with ``round_to`` it moves in coarse
+        steps on small models, so the remaining gap is closed one rounding unit at a time, always in the group that is
+        currently pruned least, which keeps the allocation as close to uniform as the rounding allows.
+        """
+        base = self.estimate_flops([0] * len(self.groups))
+        frac = lambda removed: self.estimate_flops(removed) / base  # noqa: E731
+        lo, hi = 0.0, 0.99
+        for _ in range(30):  # the fraction is a non-increasing step function of the ratio
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if frac(self._removed(mid)) > flops_fraction else (lo, mid)
+        removed = self._removed(lo)
+        sizes = [len(order) for _, order, _ in self.groups]
+        current = frac(removed)
+        while current > flops_fraction:
+            room = [g for g, (n, c) in enumerate(zip(removed, sizes)) if c - n - self.round_to >= self.round_to]
+            if not room:
+                break
+            g = min(room, key=lambda g: (removed[g] / sizes[g], -sizes[g]))
+            trial = removed.copy()
+            trial[g] += self.round_to
+            new = frac(trial)
+            if new <= flops_fraction and flops_fraction - new > current - flops_fraction:
+                break  # one more unit overshoots by more than it closes
+            removed, current = trial, new
+        return removed
+
+    def apply(self, plan: PrunePlan) -> None:
+        """Apply ``plan`` to this pruner's own model (the graph is stale afterwards)."""
+        _apply(self.model, self.graph, plan)
+
+
+def _apply(model: nn.Module, graph: tp.DependencyGraph, plan: PrunePlan) -> None:
+    modules = dict(model.named_modules())
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    with torch.no_grad():
+        for name, idxs in plan.groups:
+            layer = modules[name]
+            handler = graph.get_pruner_of_module(layer).prune_out_channels
+            graph.get_pruning_group(layer, handler, idxs).prune()
+    for n, p in model.named_parameters():  # pruned tensors are new Parameters with requires_grad=True
+        p.requires_grad_(n not in frozen)
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """Remove the channels in ``plan`` from ``model`` in place (any model structurally identical to the planned one)."""
+    model = prepare_model(unwrap_model(model))
+    _apply(model, build_graph(model), plan)
+    return model
+
+
+def check_forward(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> None:
+    """Run the train() and eval() forwards once; a prune that broke either raises here, not mid-training."""
+    model = unwrap_model(model)
+    p = next(model.parameters())
+    x = torch.zeros(2, 3, imgsz, imgsz, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            for mode in (True, False):
+                model.train(mode)
+                model(x)
+    finally:
+        model.train(was_training)
+
+
+def model_info(model: nn.Module, imgsz: int = 640) -> dict:
+    """Parameters and GFLOPs (Ultralytics' counter) of ``model`` at ``imgsz``."""
+    model = unwrap_model(model)
+    return {"params": sum(p.numel() for p in model.parameters()), "gflops": get_flops(model, imgsz)}
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear layer, by module name."""
+    return {
+        n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+        for n, m in unwrap_model(model).named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+
+
+def plan_for_target(
+    model: nn.Module,
+    prune: float | None = None,
+    ratio: float | None = None,
+    method: str = "l2",
+    round_to: int = 8,
+    imgsz: int = 640,
+    ignored_layers=(),
+) -> PrunePlan:
+    """Plan a prune of ``model`` (prepared) that removes the fraction ``prune`` of its GFLOPs, or uses ``ratio``.
+
+    For a GFLOPs target the estimate is checked against Ultralytics' counter on a pruned copy and re-aimed up to twice,
+    since non-conv ops and rounding shift the real figure by a point or two.
+    """
+    pruner = ChannelPruner(model, method=method, round_to=round_to, ignored_layers=ignored_layers)
+    if prune is None:
+        return pruner.plan(ratio=ratio)
+    base = get_flops(model, imgsz)
+    target = 1.0 - prune
+    aim = target
+    best = None
+    for _ in range(3):
+        plan = pruner.plan(flops_fraction=min(max(aim, 0.01), 1.0))
+        real = get_flops(apply_plan(copy.deepcopy(model), plan), imgsz) / base
+        if best is None or abs(real - target) < abs(best[1] - target):
+            best = (plan, real)
+        if abs(real - target) <= 0.005:
+            break
+        aim += target - real
+    plan, real = best
+    plan.est_flops_fraction = real
+    return plan
+
+
+def prune_model(
+    model: nn.Module,
+    prune: float | None = None,
+    ratio: float | None = None,
+    method: str = "l2",
+    round_to: int = 8,
+    imgsz: int = 640,
+    ignored_layers=(),
+) -> PrunePlan:
+    """Prune an Ultralytics detection model in place; returns the plan that was applied.
+
+    Args:
+        model: ``DetectionModel`` (or a ``YOLO`` wrapper's ``.model``), built from a yaml or loaded from a .pt.
+        prune: Fraction of GFLOPs to remove (0 < prune < 1), measured at ``imgsz``.
+        ratio: Plain per-layer channel ratio instead of ``prune``.
+        method: Importance criterion (``l1``, ``l2``, ...).
+        round_to: Kept channel counts are multiples of this.
+    """
+    if (prune is None) == (ratio is None):
+        raise PruneError("prune: give exactly one of prune=<GFLOPs fraction> or prune_ratio=<channel ratio>")
+    model = unwrap_model(model)
+    check_supported(model)
+    prepare_model(model)
+    plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers)
+    apply_plan(model, plan)
+    check_forward(model)
+    return plan
+

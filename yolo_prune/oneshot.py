@@ -1,0 +1,101 @@
+"""One-shot pruning of a model file: ``yolo-prune prune`` writes ``weights/pruned.pt`` and ``prune_summary.json``."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch_pruning as tp
+import ultralytics
+from ultralytics.utils import LOGGER
+from ultralytics.utils.files import increment_path
+
+from . import __version__
+from .cfg import PruneError, check_prune_args
+from .checkpoint import atomic_write_bytes, load_model, save_checkpoint
+from .engine import check_supported, layer_widths, model_info, prepare_model, prune_model
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def check_imgsz(imgsz: Any) -> int:
+    """Validate ``imgsz`` (a positive multiple of 32)."""
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise PruneError(f"imgsz={imgsz!r} is invalid; accepted: a positive multiple of 32, e.g. 640")
+    return imgsz
+
+
+def prune_file(
+    model: str | Path,
+    imgsz: int = 640,
+    project: str | Path = "runs/prune",
+    name: str = "exp",
+    exist_ok: bool = False,
+    **prune_args: Any,
+) -> dict[str, Any]:
+    """Prune ``model`` (yaml or .pt) once and save it; returns the summary that was written.
+
+    ``prune_args`` are yolo-prune keys (``prune``, ``prune_ratio``, ``prune_method``, ``prune_round``). Everything is
+    validated before anything is written, and the two outputs are written atomically, so bad input leaves no files.
+    """
+    cfg = check_prune_args(prune_args)
+    if cfg["prune"] is None and cfg["prune_ratio"] is None:
+        raise PruneError("prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1> or prune_ratio=<0-1>")
+    imgsz = check_imgsz(imgsz)
+    yolo = load_model(model)
+    net = yolo.model
+    check_supported(net)
+    prepare_model(net)
+    before, widths_before = model_info(net, imgsz), layer_widths(net)
+
+    t0 = time.perf_counter()
+    plan = prune_model(
+        net, prune=cfg["prune"], ratio=cfg["prune_ratio"], method=cfg["prune_method"], round_to=cfg["prune_round"], imgsz=imgsz
+    )
+    elapsed = time.perf_counter() - t0
+    after, widths_after = model_info(net, imgsz), layer_widths(net)
+
+    summary = {
+        "model": str(model),
+        "method": cfg["prune_method"],
+        "target": {"prune": cfg["prune"], "prune_ratio": cfg["prune_ratio"]},
+        "prune_round": cfg["prune_round"],
+        "imgsz": imgsz,
+        "params_before": before["params"],
+        "params_after": after["params"],
+        "gflops_before": round(before["gflops"], 4),
+        "gflops_after": round(after["gflops"], 4),
+        "gflops_reduction": round(1 - after["gflops"] / before["gflops"], 4),
+        "channel_ratio": round(plan.ratio, 4),
+        "elapsed_s": round(elapsed, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "layers": {k: [widths_before[k], widths_after[k]] for k in widths_before},
+        "versions": {"yolo_prune": __version__, "ultralytics": ultralytics.__version__, "torch_pruning": tp.__version__},
+    }
+    save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
+    train_args = (yolo.ckpt or {}).get("train_args") or {"model": str(model), "task": net.task, "imgsz": imgsz}
+    weights = save_checkpoint(net, save_dir / "weights" / "pruned.pt", train_args, yolo_prune=summary)
+    atomic_write_bytes(save_dir / "prune_summary.json", json.dumps(summary, indent=2).encode())
+    summary["save_dir"] = str(save_dir)
+    LOGGER.info(format_table(summary))
+    LOGGER.info(f"Pruned in {elapsed:.1f}s (peak RSS {summary['peak_rss_mb']:.0f} MB) -> {weights}")
+    return summary
+
+
+def format_table(s: dict[str, Any]) -> str:
+    """Short before/after table of params and GFLOPs."""
+    rows = [
+        ("params", f"{s['params_before']:,}", f"{s['params_after']:,}", s["params_after"] / s["params_before"] - 1),
+        (f"GFLOPs@{s['imgsz']}", f"{s['gflops_before']:.2f}", f"{s['gflops_after']:.2f}", -s["gflops_reduction"]),
+    ]
+    lines = [f"{'':<12}{'before':>14}{'after':>14}{'change':>10}"]
+    lines += [f"{k:<12}{b:>14}{a:>14}{c:>+10.1%}" for k, b, a, c in rows]
+    return "\n".join(lines)
