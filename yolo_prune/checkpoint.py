@@ -14,6 +14,7 @@ import torch.nn as nn
 from ultralytics import YOLO, __version__
 
 from .cfg import PruneError
+from .engine import SUPPORTED_MODELS
 
 
 def load_model(model: str | Path) -> YOLO:
@@ -26,11 +27,16 @@ def load_model(model: str | Path) -> YOLO:
         raise PruneError(f"model: file '{model}' not found; accepted: an existing local .pt checkpoint")
     try:
         return YOLO(model)
+    except NotImplementedError:  # e.g. RT-DETR yamls: YOLO() has no task map for them
+        raise PruneError(f"model: '{model}' is not supported; supported: {SUPPORTED_MODELS}")
     except FileNotFoundError:
         raise PruneError(f"model: '{model}' not found; accepted: a packaged yaml such as yolo11n.yaml or a local file")
     except Exception as e:  # torch/pickle/yaml raise many types for a corrupt file
         kind = "checkpoint" if suffix == ".pt" else "model yaml"
-        raise PruneError(f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}: {e})".split("\n")[0])
+        raise PruneError(
+            f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}); "
+            f"accepted: a {kind} written by Ultralytics or yolo-prune"
+        )
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
