@@ -59,3 +59,23 @@ def test_kept_channels_rounding(c, r, k, want):
 def test_unsupported_model_is_refused():
     with pytest.raises(PruneError, match="supported: YOLOv8"):
         check_supported(YOLO("yolo11n-pose.yaml").model)
+
+
+
+def test_prune_leaves_batchnorm_statistics_of_kept_channels_untouched():
+    """The post-prune forward check must not update BN running stats (it would degrade a trained model)."""
+    from yolo_prune.engine import prune_model
+
+    model = YOLO("yolo11n.yaml").model
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    bn = model.model[0].bn
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    plan = prune_model(model, ratio=0.3)
+    kept = [i for i in range(len(mean)) if i not in dict(plan.groups)["model.0.conv"]]
+    assert len(kept) < len(mean)
+    assert torch.equal(model.model[0].bn.running_mean, mean[kept])
+    assert torch.equal(model.model[0].bn.running_var, var[kept])

@@ -11,11 +11,16 @@ import sys
 from typing import Any, Callable
 
 from .cfg import PRUNE_DEFAULTS, PruneError
+from .datasets import resolve_data
 
 PASSTHROUGH = ("val", "predict", "export", "track")
+TRAIN_PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end", "prune_method", "prune_round")
 PRUNE_KEYS = {"model": None, "imgsz": 640, "project": "runs/prune", "name": "exp", "exist_ok": False, **PRUNE_DEFAULTS}
 
 HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...
+
+  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [prune_steps=4] [prune_start=E0] [prune_end=E1]
+      [prune_method=l2] [prune_round=8] [any 'yolo train' key]; resume=True continues an interrupted schedule
 
   yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [prune_method=l2] [prune_round=8] [project=runs/prune] [name=exp]
       one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
@@ -61,10 +66,37 @@ def _prune(overrides: dict[str, Any]) -> None:
     prune_file(**overrides)
 
 
+def _train(overrides: dict[str, Any]) -> None:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.utils.files import get_latest_run
+
+    from .callbacks import check_train_args
+    from .checkpoint import load_model
+    from .model import add_pruning
+    from .schedule import make_schedule
+
+    plugin = {k: overrides.pop(k) for k in TRAIN_PLUGIN_KEYS if k in overrides}
+    check_keys(overrides, DEFAULT_CFG_DICT, "train")
+    cfg = check_train_args(plugin)
+    resume = overrides.get("resume")
+    model = overrides.pop("model", None)
+    if resume and model is None:  # like 'yolo train resume': the latest run, or resume=path/to/last.pt
+        model = resume if isinstance(resume, str) else get_latest_run()
+        overrides["resume"] = True
+    if not model:
+        raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
+    if cfg["prune"] is not None and not resume:  # fail before any run folder is created
+        epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
+        make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
+    yolo = load_model(model)
+    add_pruning(yolo, **plugin)
+    if "data" in overrides:
+        overrides["data"] = resolve_data(overrides["data"])
+    yolo.train(**overrides)
+
+
 def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
-
-    from .datasets import resolve_data
 
     check_keys(overrides, DEFAULT_CFG_DICT, mode)
     if "data" in overrides:
@@ -74,7 +106,7 @@ def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     entrypoint()
 
 
-MODES: dict[str, Callable[[dict[str, Any]], None]] = {"prune": _prune}
+MODES: dict[str, Callable[[dict[str, Any]], None]] = {"prune": _prune, "train": _train}
 
 
 def entrypoint(argv: list[str] | None = None) -> int:

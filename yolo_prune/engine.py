@@ -331,18 +331,17 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
 
 
 def check_forward(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> None:
-    """Run the train() and eval() forwards once; a prune that broke either raises here, not mid-training."""
-    model = unwrap_model(model)
+    """Run the train() and eval() forwards once; a prune that broke either raises here, not mid-training.
+
+    Runs on a copy: a train-mode forward would update BatchNorm running statistics with this dummy input.
+    """
+    model = copy.deepcopy(unwrap_model(model))
     p = next(model.parameters())
     x = torch.zeros(2, 3, imgsz, imgsz, device=p.device, dtype=p.dtype)
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            for mode in (True, False):
-                model.train(mode)
-                model(x)
-    finally:
-        model.train(was_training)
+    with torch.no_grad():
+        for mode in (True, False):
+            model.train(mode)
+            model(x)
 
 
 def model_info(model: nn.Module, imgsz: int = 640) -> dict:

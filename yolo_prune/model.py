@@ -1,0 +1,47 @@
+"""Python entry point: ``add_pruning(YOLO(...), prune=0.5)`` then an ordinary ``model.train(...)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ultralytics import YOLO
+
+from .callbacks import PruneCallbacks
+from .cfg import PruneError
+from .trainer import PruneDetectionTrainer
+
+
+class PruningYOLO(YOLO):
+    """``YOLO`` whose detection trainer keeps pruned shapes (see :class:`PruneDetectionTrainer`)."""
+
+    @property
+    def task_map(self) -> dict:
+        tm = super().task_map
+        return {**tm, "detect": {**tm["detect"], "trainer": PruneDetectionTrainer}}
+
+
+def add_pruning(model: YOLO, **keys: Any) -> YOLO:
+    """Make ``model.train()`` prune between epochs; returns the same object.
+
+    Keys are the CLI's: ``prune`` (fraction of GFLOPs to remove), ``prune_steps``, ``prune_start``, ``prune_end``,
+    ``prune_method``, ``prune_round``. With no ``prune`` the model still trains with its pruned shapes kept, and a
+    resumed run continues the schedule stored in its checkpoint.
+
+    Ultralytics' ``Model`` picks its trainer class from ``task_map`` with no hook to override it, so the wrapper's class
+    becomes the :class:`PruningYOLO` subclass in place (the user's reference stays valid).
+    """
+    if type(model) not in (YOLO, PruningYOLO):
+        raise PruneError(f"model: {type(model).__name__} is not supported; accepted: an ultralytics.YOLO model")
+    if model.task != "detect":
+        raise PruneError(f"model: task '{model.task}' is not supported yet; accepted: detect")
+    cb = PruneCallbacks(**keys)
+    old = getattr(model, "prune_callbacks", None)
+    if old is not None:  # calling add_pruning again replaces the settings instead of pruning twice
+        for event, fn in old.callbacks.items():
+            if fn in model.callbacks.get(event, []):
+                model.callbacks[event].remove(fn)
+    model.__class__ = PruningYOLO
+    for event, fn in cb.callbacks.items():
+        model.add_callback(event, fn)
+    model.prune_callbacks = cb
+    return model

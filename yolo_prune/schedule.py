@@ -1,0 +1,66 @@
+"""When to prune and how much: N steps between epochs ``prune_start`` and ``prune_end``, linear in GFLOPs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .cfg import PruneError
+
+FINETUNE_TAIL = 0.3  # default share of epochs left for fine-tuning after the last step
+DEFAULT_STEPS = 4  # small steps prune better than one big one; capped by the epochs available
+
+
+@dataclass
+class PruneSchedule:
+    """Epochs at whose start step k (1-based) runs, and the GFLOPs fraction of the original each step leaves."""
+
+    prune: float
+    epochs: list[int]
+
+    @property
+    def steps(self) -> int:
+        return len(self.epochs)
+
+    def keep_after(self, step: int) -> float:
+        """Fraction of the original GFLOPs left after ``step`` steps (linear: each step removes an equal share)."""
+        return 1.0 - self.prune * step / self.steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_schedule(
+    prune: float, total_epochs: int, steps: int | None = None, start: int | None = None, end: int | None = None
+) -> PruneSchedule:
+    """Spread ``steps`` prune steps over epochs ``start``..``end`` of a ``total_epochs`` run.
+
+    Defaults leave at least 30% of the epochs after the last step for fine-tuning, and start after about 10% of the
+    run (at epoch 1 for short runs) so a model trained from scratch has weights worth ranking. ``steps=1`` with
+    ``start=0`` is one-shot pruning of a trained model followed by fine-tuning.
+    """
+    last_allowed = total_epochs - 1
+    if end is None:
+        end = start if (start is not None and steps == 1) else max(0, total_epochs - math.ceil(FINETUNE_TAIL * total_epochs))
+    if start is None:
+        start = min(max(1, round(0.1 * total_epochs)), end)
+    if steps is None:  # auto: up to DEFAULT_STEPS, one per epoch in the window
+        steps = max(1, min(DEFAULT_STEPS, end - start + 1))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PruneError(f"prune_steps={steps!r} is invalid; accepted: an integer >= 1")
+    for key, v in (("prune_start", start), ("prune_end", end)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= last_allowed:
+            raise PruneError(f"{key}={v!r} is invalid; accepted: an epoch from 0 to {last_allowed} (epochs={total_epochs})")
+    if end < start:
+        raise PruneError(f"prune_end={end} is before prune_start={start}; accepted: prune_start <= prune_end")
+    if steps > end - start + 1:
+        raise PruneError(
+            f"prune_steps={steps} does not fit epochs {start}..{end}; accepted: at most {end - start + 1} steps "
+            f"(one per epoch), or widen prune_start/prune_end"
+        )
+    if steps == 1:
+        return PruneSchedule(prune, [start])
+    epochs = [start + round(k * (end - start) / (steps - 1)) for k in range(steps)]
+    for k in range(1, steps):  # rounding can collide on tight ranges: keep the steps in distinct epochs
+        epochs[k] = max(epochs[k], epochs[k - 1] + 1)
+    return PruneSchedule(prune, epochs)

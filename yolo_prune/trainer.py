@@ -1,0 +1,116 @@
+"""The Ultralytics trainer side: a DetectionTrainer that keeps pruned shapes, and rebuilding training state after a step.
+
+Stock ``Model.train()`` and resume rebuild the network from ``model.yaml`` and copy only shape-matching tensors, which
+silently trains the original size (or fails on resume with an optimizer group size mismatch). ``get_model`` here
+returns a pruned module as it is instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch.distributed as dist
+import torch.nn as nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import LOGGER
+from ultralytics.utils.torch_utils import unwrap_model
+
+from .blocks import C2fSplit, C2PSASplit
+from .cfg import PruneError
+from .datasets import resolve_data
+from .engine import PrunePlan, apply_plan
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """Whether ``model`` carries yolo-prune blocks or pruning state (so a yaml rebuild would lose it)."""
+    model = unwrap_model(model)
+    return hasattr(model, "prune_state") or any(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
+
+
+class PruneDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer that trains pruned models as they are and accepts built-in dataset names (``data=shapes``)."""
+
+    def get_dataset(self):
+        """Resolve built-in dataset names before Ultralytics looks for a yaml."""
+        self.args.data = resolve_data(self.args.data)
+        return super().get_dataset()
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load)."""
+        if weights is None or not is_pruned(weights):
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        if weights.nc != self.data["nc"]:
+            raise PruneError(
+                f"data: has nc={self.data['nc']} but the pruned model predicts nc={weights.nc}; accepted: a dataset "
+                f"with the model's {weights.nc} classes (a pruned head cannot be rebuilt for another class count)"
+            )
+        if verbose:
+            LOGGER.info("yolo-prune: training the pruned model as it is (no rebuild from model.yaml)")
+        return self.set_model_names_for_load(weights)
+
+
+def apply_step(trainer, plan: PrunePlan) -> None:
+    """Apply ``plan`` to the live model and its EMA, then rebuild everything that held the old tensors.
+
+    Rebuilt: the DDP wrapper, the optimizer (same decay and iteration formula as ``_build_train_pipeline``), the LR
+    scheduler (same epoch position) and the freeze policy. The EMA is pruned in place with the same plan, so its
+    running average survives. The GradScaler and the loss hold no parameters and stay.
+    """
+    model = unwrap_model(trainer.model)
+    apply_plan(model, plan)
+    if trainer.ema is not None:
+        apply_plan(trainer.ema.ema, plan)
+        trainer.ema.ema.prune_state = getattr(model, "prune_state", None)
+    for n, p in model.named_parameters():  # Ultralytics' freeze policy (always includes '.dfl')
+        p.requires_grad_(not any(x in n for x in trainer.freeze_layer_names))
+    if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
+        trainer.model = rewrap_ddp(trainer.model)
+    rebuild_optimizer(trainer)
+
+
+def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
+    """A new DDP wrapper around the (pruned) module: DDP's buckets and parameter lists are fixed at construction."""
+    kwargs = {"find_unused_parameters": ddp.find_unused_parameters, "static_graph": ddp.static_graph}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:  # torch >= 2.13
+        kwargs["forward_sync_buffers"] = ddp.forward_sync_buffers
+    else:
+        kwargs["broadcast_buffers"] = ddp.broadcast_buffers
+    return nn.parallel.DistributedDataParallel(
+        ddp.module, device_ids=ddp.device_ids, output_device=ddp.output_device, **kwargs
+    )
+
+
+def rebuild_optimizer(trainer) -> None:
+    """New optimizer and scheduler for the current parameters, at the trainer's current epoch.
+
+    The optimizer type, lr and momentum are read from the live optimizer: with ``optimizer=auto`` Ultralytics picks
+    them itself (e.g. AdamW with beta1 0.9, not ``args.momentum``), so rebuilding from ``args`` would change them.
+    Decay and iterations use the same formula as ``_build_train_pipeline``.
+    """
+    args, old = trainer.args, trainer.optimizer
+    group = next(g for g in old.param_groups if g.get("param_group") == "bias") if old else {}
+    momentum = group["betas"][0] if "betas" in group else group.get("momentum", args.momentum)
+    accumulate = max(round(args.nbs / trainer.batch_size), 1)
+    weight_decay = args.weight_decay * trainer.batch_size * accumulate / args.nbs
+    iterations = math.ceil(len(trainer.train_loader.dataset) / max(trainer.batch_size, args.nbs)) * trainer.epochs
+    trainer.optimizer = trainer.build_optimizer(
+        model=trainer.model,
+        name=type(old).__name__ if old else args.optimizer,
+        lr=group.get("initial_lr", args.lr0),
+        momentum=momentum,
+        decay=weight_decay,
+        iterations=iterations,
+    )
+    trainer._setup_scheduler()
+    trainer.scheduler.last_epoch = trainer.epoch - 1  # the epoch loop steps it right after on_train_epoch_start
+    trainer.optimizer.zero_grad()
+
+
+def broadcast_plan(plan: PrunePlan | None) -> PrunePlan:
+    """Rank 0's plan on every rank (a no-op outside torch.distributed), so all ranks remove the same channels."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [plan if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    return plan
