@@ -129,14 +129,17 @@ def test_cli_train_prunes_in_steps_to_target(tmp_path, cfg, amp):
     assert all(float(r["model/params_M"]) > 0 for r in rows)
 
 
-def test_pruned_checkpoint_trains_as_it_is(tmp_path):
+def test_pruned_checkpoint_trains_as_it_is(tmp_path, trained_pt):
     """YOLO('pruned.pt').train() must not rebuild from model.yaml (stock Ultralytics silently does)."""
-    assert run_cli("prune", "model=yolo11n.yaml", "prune=0.5", f"project={tmp_path}", "name=p").returncode == 0
+    r = run_cli("prune", f"model={trained_pt}", "prune=0.5", f"project={tmp_path}", "name=p")
+    assert r.returncode == 0, r.stderr[-2000:]
     pt = tmp_path / "p" / "weights" / "pruned.pt"
     model = add_pruning(YOLO(str(pt)))
-    model.train(data="shapes-8", epochs=1, imgsz=64, batch=4, workers=0, plots=False, nc=80,
-                project=str(tmp_path), name="py")
+    model.train(data="shapes-8", epochs=1, imgsz=64, batch=4, workers=0, plots=False, project=str(tmp_path), name="py")
     assert shapes(YOLO(str(tmp_path / "py" / "weights" / "last.pt")).model) == shapes(YOLO(str(pt)).model)
+    r = run_cli("train", f"model={pt}", *TRAIN, "epochs=1", f"project={tmp_path}", "name=cli", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert shapes(YOLO(str(tmp_path / "cli" / "weights" / "last.pt")).model) == shapes(YOLO(str(pt)).model)
 
 
 def test_pruned_checkpoint_with_other_classes_is_refused(tmp_path):

@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from .callbacks import PruneCallbacks  # noqa: E402
+from .datasets import builtin_dataset  # noqa: E402
+from .engine import prune_model  # noqa: E402
 from .model import add_pruning  # noqa: E402
+from .trainer import PruneDetectionTrainer  # noqa: E402
 
-__all__ = ["add_pruning", "__version__"]
+__all__ = ["PruneCallbacks", "PruneDetectionTrainer", "__version__", "add_pruning", "builtin_dataset", "prune_model"]

@@ -40,10 +40,11 @@ class PruneDetectionTrainer(DetectionTrainer):
         """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load)."""
         if weights is None or not is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        if weights.nc != self.data["nc"]:
+        nc = unwrap_model(weights).model[-1].nc
+        if nc != self.data["nc"]:
             raise PruneError(
-                f"data: has nc={self.data['nc']} but the pruned model predicts nc={weights.nc}; accepted: a dataset "
-                f"with the model's {weights.nc} classes (a pruned head cannot be rebuilt for another class count)"
+                f"data: has nc={self.data['nc']} but the pruned model predicts nc={nc}; accepted: a dataset "
+                f"with the model's {nc} classes (a pruned head cannot be rebuilt for another class count)"
             )
         if verbose:
             LOGGER.info("yolo-prune: training the pruned model as it is (no rebuild from model.yaml)")
