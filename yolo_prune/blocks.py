@@ -35,7 +35,23 @@ def _split_conv(conv: Conv, start: int, end: int) -> Conv:
     return new
 
 
-class C2fSplit(nn.Module):
+class _SplitCv1(nn.Module):
+    """Shared construction: the stock block's ``cv1`` (c1 -> 2c) becomes ``cv0`` (first c) and ``cv1`` (second c)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        c = block.c
+        self.c = c
+        self.cv0 = _split_conv(block.cv1, 0, c)
+        self.cv1 = _split_conv(block.cv1, c, 2 * c)
+        self.cv2 = block.cv2
+        self.m = block.m
+        for attr in ("i", "f", "type", "np"):  # Ultralytics' graph bookkeeping set by parse_model
+            if hasattr(block, attr):
+                setattr(self, attr, getattr(block, attr))
+
+
+class C2fSplit(_SplitCv1):
     """C2f / C3k2 with ``cv1`` held as two convs (``cv0`` -> first half, ``cv1`` -> second half).
 
     Output is identical to the stock block. Not a ``C2f`` subclass, so the exporter does not swap in
@@ -44,17 +60,7 @@ class C2fSplit(nn.Module):
 
     def __init__(self, block: C2f):
         """Build from a stock C2f-family block, copying weights and BN statistics."""
-        super().__init__()
-        c = block.c
-        self.c = c
-        self.cv0 = _split_conv(block.cv1, 0, c)
-        self.cv1 = _split_conv(block.cv1, c, 2 * c)
-        self.cv2 = block.cv2
-        self.m = block.m
-        self.type = getattr(block, "type", None)
-        for attr in ("i", "f", "np"):  # Ultralytics' graph bookkeeping set by parse_model
-            if hasattr(block, attr):
-                setattr(self, attr, getattr(block, attr))
+        super().__init__(block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same computation as ``C2f.forward``."""
@@ -65,22 +71,12 @@ class C2fSplit(nn.Module):
     forward_split = forward
 
 
-class C2PSASplit(nn.Module):
+class C2PSASplit(_SplitCv1):
     """C2PSA with ``cv1`` held as two convs: ``cv0`` feeds the bypass, ``cv1`` the PSA blocks."""
 
     def __init__(self, block: C2PSA):
         """Build from a stock C2PSA, copying weights and BN statistics."""
-        super().__init__()
-        c = block.c
-        self.c = c
-        self.cv0 = _split_conv(block.cv1, 0, c)
-        self.cv1 = _split_conv(block.cv1, c, 2 * c)
-        self.cv2 = block.cv2
-        self.m = block.m
-        self.type = getattr(block, "type", None)
-        for attr in ("i", "f", "np"):
-            if hasattr(block, attr):
-                setattr(self, attr, getattr(block, attr))
+        super().__init__(block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same computation as ``C2PSA.forward``."""

@@ -413,7 +413,7 @@ def prune_model(
     """
     if (prune is None) == (ratio is None):
         raise PruneError("prune: give exactly one of prune=<GFLOPs fraction> or prune_ratio=<channel ratio>")
-    model = unwrap_model(model)
+    model = unwrap_model(getattr(model, "model", model) if not isinstance(model, DetectionModel) else model)
     check_supported(model)
     prepare_model(model)
     plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers)
