@@ -13,7 +13,9 @@ from typing import Any, Callable
 from .cfg import PRUNE_DEFAULTS, PruneError
 from .datasets import resolve_data
 
-PASSTHROUGH = ("val", "predict", "export", "track")
+PASSTHROUGH = ("val", "predict", "track")
+BENCHMARK_KEYS = {"model": None, "base": None, "data": None, "imgsz": 640, "formats": "onnx,openvino", "device": "cpu",
+                  "runs": 100, "project": "runs/benchmark", "name": "exp", "exist_ok": False}
 TRAIN_PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end", "prune_method", "prune_round")
 PRUNE_KEYS = {"model": None, "imgsz": 640, "project": "runs/prune", "name": "exp", "exist_ok": False, **PRUNE_DEFAULTS}
 
@@ -24,6 +26,10 @@ HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune M
 
   yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [prune_method=l2] [prune_round=8] [project=runs/prune] [name=exp]
       one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
+  yolo-prune export model=pruned.pt format=onnx|openvino|engine [imgsz] [dynamic] [simplify] [nms] [quantize=16|8] [data]
+      Ultralytics' exporter, then a parity check of the exported model against PyTorch (fails over the tolerance)
+  yolo-prune benchmark model=pruned.pt base=original.pt [data=shapes] [imgsz=640] [formats=onnx,openvino] [device=cpu|0]
+      [runs=100]  side-by-side latency / GFLOPs / size / mAP table, saved as CSV, JSON and PNG
   yolo-prune {{{"|".join(PASSTHROUGH)}}} model=pruned.pt ...   same keys as 'yolo'; data=shapes uses the built-in dataset
   yolo-prune version | help
 """
@@ -95,6 +101,39 @@ def _train(overrides: dict[str, Any]) -> None:
     yolo.train(**overrides)
 
 
+def _export(overrides: dict[str, Any]) -> None:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from .checkpoint import load_model
+    from .export import export
+
+    check_keys(overrides, DEFAULT_CFG_DICT, "export")
+    model = overrides.pop("model", None)
+    if not model:
+        raise PruneError("model is required; accepted: model=<.pt checkpoint>")
+    load_model(model)  # one-line errors for a missing or corrupt file, before the exporter runs
+    export(model, **overrides)
+
+
+def _benchmark(overrides: dict[str, Any]) -> None:
+    from .benchmark import benchmark
+    from .checkpoint import load_model
+
+    check_keys(overrides, BENCHMARK_KEYS, "benchmark")
+    args = {**BENCHMARK_KEYS, **overrides}
+    for key in ("model", "base"):
+        if not args[key]:
+            raise PruneError(f"{key} is required; accepted: {key}=<.pt checkpoint>")
+        load_model(args[key])
+    formats = [f.strip() for f in str(args.pop("formats")).split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("onnx", "openvino")]
+    if bad:
+        raise PruneError(f"formats={','.join(formats)} is invalid; accepted: onnx, openvino (comma-separated)")
+    if args["data"]:
+        args["data"] = resolve_data(args["data"])
+    benchmark(formats=formats, device=str(args.pop("device")), **args)
+
+
 def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
 
@@ -106,7 +145,12 @@ def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     entrypoint()
 
 
-MODES: dict[str, Callable[[dict[str, Any]], None]] = {"prune": _prune, "train": _train}
+MODES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "prune": _prune,
+    "train": _train,
+    "export": _export,
+    "benchmark": _benchmark,
+}
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
@@ -129,6 +173,13 @@ def entrypoint(argv: list[str] | None = None) -> int:
     except PruneError as e:
         print(f"yolo-prune: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .export import ParityError
+
+        if not isinstance(e, ParityError):
+            raise
+        print(f"yolo-prune: parity check failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,127 @@
+"""Export of pruned models through Ultralytics' exporter: clean ONNX graphs and parity in every precision."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from ultralytics import YOLO
+
+from conftest import run_cli
+from yolo_prune.checkpoint import save_checkpoint
+from yolo_prune.engine import prune_model
+from yolo_prune.export import TOLERANCE, ParityError, export, parity
+
+
+def pruned_pt(tmp_path, cfg: str, nc: int = 6):
+    """A pruned model whose outputs are informative: final convs reset so scores spread around 0.5, boxes in the image.
+
+    (Ultralytics' bias init makes random-init scores ~1e-5 and boxes saturate, so any export would 'match'.)
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(cfg, nc=nc, verbose=False)
+    prune_model(model, prune=0.5)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in bns:  # random-init activations shrink ~3x per layer in eval mode: calibrate BN statistics
+            m.momentum = None  # cumulative average
+        model.train()
+        for _ in range(3):
+            model(torch.rand(4, 3, 128, 128))
+        for m in bns:
+            m.momentum = 0.03
+        model.eval()
+        head = model.model[-1]
+        for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+            for seq in getattr(head, attr, None) or []:
+                seq[-1].bias.zero_()
+                seq[-1].weight.normal_(0, 0.05)  # some heads start at zero weights: scores would all tie at 0.5
+    return save_checkpoint(model, tmp_path / f"{cfg.split('.')[0]}.pt", {"task": "detect", "imgsz": 128})
+
+
+def test_onnx_graph_has_no_split_outside_attention(tmp_path):
+    """Pruned C2f/C3k2 blocks are plain convs in the graph: no (unequal) Split that TensorRT/OpenVINO dislike."""
+    for cfg in ("yolov8n.yaml", "yolo11n.yaml"):
+        pt = pruned_pt(tmp_path, cfg)
+        head = f"/model.{len(YOLO(str(pt)).model.model) - 1}/"
+        nodes = onnx.load(YOLO(str(pt)).export(format="onnx", imgsz=128, simplify=True)).graph.node
+        splits = [n.name for n in nodes if n.op_type in ("Split", "Slice") and not n.name.startswith(head)]
+        assert all("attn" in name for name in splits), splits  # only Attention's own q/k/v split remains
+        assert sum(n.op_type == "Conv" for n in nodes) > 50
+    stock = YOLO("yolov8n.yaml").export(format="onnx", imgsz=128, simplify=True)
+    assert any(n.op_type == "Split" for n in onnx.load(stock).graph.node)  # the stock C2f does split
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize("quantize", [None, 16])
+def test_export_parity_fp32_fp16(tmp_path, cfg, fmt, quantize):
+    res = export(pruned_pt(tmp_path, cfg), format=fmt, imgsz=128, quantize=quantize)
+    assert res["max_abs_diff"] <= TOLERANCE[quantize or 32]
+    if quantize is None:
+        assert res["max_abs_diff"] <= 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_export_is_quantized_and_reports_parity(tmp_path, tiny_data, fmt):
+    res = export(pruned_pt(tmp_path, "yolo11n.yaml"), format=fmt, imgsz=128, quantize=8, data=tiny_data)
+    assert res["tolerance"] is None and res["max_abs_diff"] == res["max_abs_diff"]  # reported, finite
+    if fmt == "onnx":
+        ops = {n.op_type for n in onnx.load(res["file"]).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    else:
+        import openvino as ov
+        from pathlib import Path
+
+        ops = {op.get_type_name() for op in ov.Core().read_model(next(Path(res["file"]).glob("*.xml"))).get_ops()}
+        assert "FakeQuantize" in ops or "FakeConvert" in ops, sorted(ops)
+
+
+def test_yolo26_nms_free_dynamic_export(tmp_path):
+    pt = pruned_pt(tmp_path, "yolo26n.yaml")
+    res = export(pt, format="onnx", imgsz=128, nms=False, dynamic=True, simplify=True)
+    model = onnx.load(res["file"])
+    out = model.graph.output[0].type.tensor_type.shape.dim
+    assert out[-1].dim_value == 6  # (B, max_det, 6): x1 y1 x2 y2 score class
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert res["max_abs_diff"] <= 1e-3
+
+
+def test_parity_catches_a_wrong_export(tmp_path):
+    a, b = pruned_pt(tmp_path / "a", "yolo11n.yaml"), None
+    (tmp_path / "b").mkdir()
+    other = YOLO(str(a)).model
+    with torch.no_grad():
+        other.model[0].conv.weight.mul_(-1)  # same shapes, different function
+    b = save_checkpoint(other, tmp_path / "b" / "other.pt", {"task": "detect"})
+    f = YOLO(str(b)).export(format="onnx", imgsz=128)
+    assert parity(a, f, "onnx", 128) > TOLERANCE[32]
+
+
+def test_export_cli_reports_parity(tmp_path):
+    pt = pruned_pt(tmp_path, "yolo11n.yaml")
+    r = run_cli("export", f"model={pt}", "format=onnx", "imgsz=128", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "parity vs PyTorch" in r.stdout + r.stderr and "ok" in r.stdout + r.stderr
+
+
+def test_benchmark_cli_writes_table_csv_json_png(tmp_path):
+    base = tmp_path / "base.pt"
+    from ultralytics.nn.tasks import DetectionModel
+
+    save_checkpoint(DetectionModel("yolo11n.yaml", nc=6, verbose=False), base, {"task": "detect"})
+    pt = pruned_pt(tmp_path, "yolo11n.yaml")
+    r = run_cli("benchmark", f"model={pt}", f"base={base}", "imgsz=128", "runs=5", f"project={tmp_path}/b", "name=x",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "b" / "x"
+    assert {p.name for p in out.iterdir()} >= {"benchmark.csv", "benchmark.json", "benchmark.png"}
+    res = json.loads((out / "benchmark.json").read_text())
+    assert res["summary"]["gflops_ratio"] > 1.8
+    for fmt in ("onnx", "openvino"):
+        assert res["rows"]["pruned"][f"{fmt}_latency"]["median_ms"] > 0
+        assert res["summary"][f"{fmt}_speedup"] > 0 and f"{fmt} ms" in (r.stdout + r.stderr)
+    bad = run_cli("benchmark", f"model={pt}", f"base={base}", "formats=onnx,tflite", f"project={tmp_path}/c")
+    assert bad.returncode == 2 and "formats" in bad.stderr and not (tmp_path / "c").exists()

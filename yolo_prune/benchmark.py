@@ -1,0 +1,192 @@
+"""``yolo-prune benchmark``: a pruned model against its original, side by side, in the formats edge devices run.
+
+Latency is measured with each format's own runtime at batch 1 after warm-up (ONNX Runtime and OpenVINO on CPU; PyTorch
+CUDA fp16, and TensorRT where installed, on a GPU), with the thread count stated. Ultralytics' own ``benchmark`` mode
+runs val() per format and reports one model at a time; this one compares two models and reports speed-ups against the
+GFLOPs ratio (the realization), which is what a pruning decision needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics import YOLO
+from ultralytics.utils import LOGGER
+from ultralytics.utils.files import increment_path
+
+from .checkpoint import atomic_write_bytes
+from .engine import model_info
+from .export import export
+
+FORMATS = ("onnx", "openvino")
+
+
+def _runner(file: str, fmt: str, threads: int):
+    """A callable running one batch-1 inference of an exported model with its own runtime."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        s = ort.InferenceSession(file, so, providers=["CPUExecutionProvider"])
+        inp = s.get_inputs()[0]
+        x = np.random.rand(*[d if isinstance(d, int) else 1 for d in inp.shape]).astype(np.float32)
+        return lambda: s.run(None, {inp.name: x})
+    if fmt == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
+        compiled = core.compile_model(str(next(Path(file).glob("*.xml"))), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        shape = [d.get_length() if d.is_static else 1 for d in compiled.input(0).get_partial_shape()]
+        x = np.random.rand(*shape).astype(np.float32)
+        request = compiled.create_infer_request()
+        return lambda: request.infer({0: x})
+    raise ValueError(fmt)
+
+
+def time_runs(fn, runs: int, warmup: int = 10) -> dict[str, float]:
+    """Median and p90 latency in ms of ``fn`` over ``runs`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))}
+
+
+def torch_cuda_latency(weights: str, imgsz: int, runs: int, device: str) -> dict[str, float]:
+    """PyTorch fp16 latency on a CUDA device (fused model, batch 1)."""
+    model = YOLO(weights).model.fuse().half().eval().to(f"cuda:{device}")
+    x = torch.rand(1, 3, imgsz, imgsz, device=f"cuda:{device}", dtype=torch.half)
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+        torch.cuda.synchronize()
+
+    return time_runs(run, runs)
+
+
+def _size_mb(path: str | Path) -> float:
+    p = Path(path)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+
+
+def measure(weights: str, formats, imgsz: int, runs: int, device: str, data: str | None, threads: int) -> dict[str, Any]:
+    """One model's row: params, GFLOPs, file sizes, latency per format, mAP50-95 when ``data`` is given."""
+    info = model_info(YOLO(weights).model, imgsz)
+    row: dict[str, Any] = {"model": weights, "params": info["params"], "gflops": round(info["gflops"], 3),
+                           "pt_mb": _size_mb(weights)}
+    for fmt in formats:
+        if fmt == "torch-cuda":
+            row[f"{fmt}_latency"] = torch_cuda_latency(weights, imgsz, runs, device)
+            continue
+        res = export(weights, format=fmt, imgsz=imgsz)
+        row[f"{fmt}_file_mb"] = _size_mb(res["file"])
+        row[f"{fmt}_parity"] = res["max_abs_diff"]
+        row[f"{fmt}_latency"] = time_runs(_runner(res["file"], fmt, threads), runs)
+        if data:
+            metrics = YOLO(res["file"], task="detect").val(data=data, imgsz=imgsz, batch=1, plots=False, verbose=False)
+            row[f"{fmt}_map50_95"] = round(float(metrics.box.map), 4)
+    return row
+
+
+def benchmark(
+    model: str,
+    base: str,
+    formats=FORMATS,
+    imgsz: int = 640,
+    runs: int = 100,
+    device: str = "cpu",
+    data: str | None = None,
+    project: str = "runs/benchmark",
+    name: str = "exp",
+    exist_ok: bool = False,
+) -> dict[str, Any]:
+    """Compare ``model`` (pruned) with ``base`` (original); write CSV, JSON and a PNG chart; return the results."""
+    threads = torch.get_num_threads()
+    formats = list(formats)
+    if device != "cpu" and torch.cuda.is_available():
+        formats = ["torch-cuda", *formats]
+    rows = {k: measure(w, formats, imgsz, runs, device, data, threads) for k, w in (("base", base), ("pruned", model))}
+    b, p = rows["base"], rows["pruned"]
+    gflops_ratio = b["gflops"] / p["gflops"]
+    summary = {"gflops_ratio": round(gflops_ratio, 3), "params_ratio": round(b["params"] / p["params"], 3)}
+    for fmt in formats:
+        s = b[f"{fmt}_latency"]["median_ms"] / p[f"{fmt}_latency"]["median_ms"]
+        summary[f"{fmt}_speedup"] = round(s, 3)
+        summary[f"{fmt}_realization"] = round(s / gflops_ratio, 3)
+    result = {
+        "imgsz": imgsz, "runs": runs, "batch": 1, "threads": threads, "device": device,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "rows": rows, "summary": summary,
+    }
+    save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
+    write_results(result, formats, save_dir)
+    LOGGER.info(format_table(result, formats) + f"\nResults saved to {save_dir}")
+    result["save_dir"] = str(save_dir)
+    return result
+
+
+def _table_rows(result: dict, formats) -> list[list[str]]:
+    b, p, s = result["rows"]["base"], result["rows"]["pruned"], result["summary"]
+    out = [["", "base", "pruned", "ratio"],
+           ["params", f"{b['params']:,}", f"{p['params']:,}", f"{s['params_ratio']:.2f}x"],
+           [f"GFLOPs@{result['imgsz']}", f"{b['gflops']:.2f}", f"{p['gflops']:.2f}", f"{s['gflops_ratio']:.2f}x"],
+           [".pt MB", f"{b['pt_mb']:.1f}", f"{p['pt_mb']:.1f}", ""]]
+    for fmt in formats:
+        lb, lp = b[f"{fmt}_latency"], p[f"{fmt}_latency"]
+        out.append([f"{fmt} ms (median/p90)", f"{lb['median_ms']:.1f}/{lb['p90_ms']:.1f}",
+                    f"{lp['median_ms']:.1f}/{lp['p90_ms']:.1f}",
+                    f"{s[f'{fmt}_speedup']:.2f}x (realization {s[f'{fmt}_realization']:.2f})"])
+        if f"{fmt}_map50_95" in b:
+            out.append([f"{fmt} mAP50-95", f"{b[f'{fmt}_map50_95']:.4f}", f"{p[f'{fmt}_map50_95']:.4f}", ""])
+    return out
+
+
+def format_table(result: dict, formats) -> str:
+    """The side-by-side table as text, with the measurement conditions."""
+    rows = _table_rows(result, formats)
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(4)]
+    lines = ["".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.append(f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs after 10 warm-up, "
+                 f"{result['threads']} threads, {result['machine']}")
+    return "\n".join(lines)
+
+
+def write_results(result: dict, formats, save_dir: Path) -> None:
+    """benchmark.csv, benchmark.json and benchmark.png (latency per format, base vs pruned)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(save_dir / "benchmark.json", json.dumps(result, indent=2).encode())
+    with open(save_dir / "benchmark.csv.tmp", "w", newline="") as f:
+        csv.writer(f).writerows(_table_rows(result, formats))
+    os.replace(save_dir / "benchmark.csv.tmp", save_dir / "benchmark.csv")
+    fig, ax = plt.subplots(figsize=(2 + 2 * len(formats), 4), tight_layout=True)
+    x = np.arange(len(formats))
+    for i, (k, color) in enumerate((("base", "#999999"), ("pruned", "#1f77b4"))):
+        med = [result["rows"][k][f"{f}_latency"]["median_ms"] for f in formats]
+        bars = ax.bar(x + (i - 0.5) * 0.38, med, 0.38, label=f"{k} ({result['rows'][k]['gflops']:.1f} GFLOPs)", color=color)
+        ax.bar_label(bars, fmt="%.1f")
+    ax.set_xticks(x, [f"{f}\n{result['summary'][f'{f}_speedup']:.2f}x" for f in formats])
+    ax.set_ylabel("median latency, ms (batch 1)")
+    ax.set_title(f"imgsz {result['imgsz']}, {result['threads']} threads")
+    ax.legend()
+    fig.savefig(save_dir / "benchmark.png", dpi=120)
+    plt.close(fig)
