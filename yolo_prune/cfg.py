@@ -12,7 +12,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "prune": None,  # fraction of GFLOPs to remove, 0 < prune < 1
     "prune_ratio": None,  # or: plain per-layer channel ratio, 0 < prune_ratio < 1
     "prune_method": "l2",  # importance criterion, see yolo_prune.importance
-    "prune_round": 8,  # kept channel counts are multiples of this
+    "prune_round": 16,  # kept channel counts are multiples of this (16: best CPU realization, benchmarks/results/speed.md)
 }
 
 

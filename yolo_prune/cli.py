@@ -22,9 +22,9 @@ PRUNE_KEYS = {"model": None, "imgsz": 640, "project": "runs/prune", "name": "exp
 HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...
 
   yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [prune_steps=4] [prune_start=E0] [prune_end=E1]
-      [prune_method=l2] [prune_round=8] [any 'yolo train' key]; resume=True continues an interrupted schedule
+      [prune_method=l2] [prune_round=16] [any 'yolo train' key]; resume=True continues an interrupted schedule
 
-  yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [prune_method=l2] [prune_round=8] [project=runs/prune] [name=exp]
+  yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [prune_method=l2] [prune_round=16] [project=runs/prune] [name=exp]
       one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
   yolo-prune export model=pruned.pt format=onnx|openvino|engine [imgsz] [dynamic] [simplify] [nms] [quantize=16|8] [data]
       Ultralytics' exporter, then a parity check of the exported model against PyTorch (fails over the tolerance)

@@ -25,7 +25,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from .blocks import C2fSplit, C2PSASplit
-from .cfg import PruneError
+from .cfg import PRUNE_DEFAULTS, PruneError
 from .importance import get_importance
 
 # Ultralytics blocks the engine is verified on (YOLOv8 / YOLO11 / YOLO26 detection). Anything else from
@@ -201,7 +201,9 @@ class ChannelPruner:
         ignored_layers: Extra layers whose output channels must stay intact.
     """
 
-    def __init__(self, model: nn.Module, method: str = "l2", round_to: int = 8, ignored_layers=()):
+    def __init__(
+        self, model: nn.Module, method: str = "l2", round_to: int = PRUNE_DEFAULTS["prune_round"], ignored_layers=()
+    ):
         self.model = unwrap_model(model)
         self.round_to = int(round_to)
         self.importance = get_importance(method)
@@ -364,7 +366,7 @@ def plan_for_target(
     prune: float | None = None,
     ratio: float | None = None,
     method: str = "l2",
-    round_to: int = 8,
+    round_to: int = PRUNE_DEFAULTS["prune_round"],
     imgsz: int = 640,
     ignored_layers=(),
 ) -> PrunePlan:
@@ -398,7 +400,7 @@ def prune_model(
     prune: float | None = None,
     ratio: float | None = None,
     method: str = "l2",
-    round_to: int = 8,
+    round_to: int = PRUNE_DEFAULTS["prune_round"],
     imgsz: int = 640,
     ignored_layers=(),
 ) -> PrunePlan:

@@ -1,0 +1,65 @@
+"""CPU speed-up of pruned models (ONNX Runtime, OpenVINO) at batch 1, and its realization vs the GFLOPs ratio.
+
+Usage: python benchmarks/speed.py [--models yolo11n.yaml yolo26n.yaml] [--rounds 8 16 32] [--imgsz 640] [--runs 100]
+For each model: the original and ``prune=0.5`` at each ``prune_round``, through ``yolo-prune benchmark``. Writes
+benchmarks/results/speed.{json,md} with the command and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine_cost import RESULTS, machine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["yolo11n.yaml", "yolo26n.yaml"])
+    ap.add_argument("--rounds", nargs="+", type=int, default=[8, 16, 32])
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--runs", type=int, default=100)
+    a = ap.parse_args()
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_prune.benchmark import benchmark
+    from yolo_prune.checkpoint import save_checkpoint
+    from yolo_prune.engine import prune_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in a.models:
+            base = save_checkpoint(DetectionModel(cfg, verbose=False), Path(tmp) / f"{Path(cfg).stem}.pt", {"task": "detect"})
+            for r in a.rounds:
+                m = DetectionModel(cfg, verbose=False)
+                prune_model(m, prune=0.5, round_to=r, imgsz=a.imgsz)
+                pt = save_checkpoint(m, Path(tmp) / f"{Path(cfg).stem}_r{r}.pt", {"task": "detect"})
+                res = benchmark(str(pt), str(base), imgsz=a.imgsz, runs=a.runs, project=tmp, name="b")
+                b, p, s = res["rows"]["base"], res["rows"]["pruned"], res["summary"]
+                rows.append({"model": cfg, "prune_round": r, "gflops": [b["gflops"], p["gflops"]],
+                             "gflops_ratio": s["gflops_ratio"], "threads": res["threads"],
+                             **{f"{f}_ms": [round(b[f"{f}_latency"]["median_ms"], 2), round(p[f"{f}_latency"]["median_ms"], 2)]
+                                for f in ("onnx", "openvino")},
+                             **{k: v for k, v in s.items() if k.endswith(("speedup", "realization"))}})
+    out = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+           "imgsz": a.imgsz, "runs": a.runs, "batch": 1, "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(out, indent=2))
+    md = [f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}; batch 1, imgsz "
+          f"{a.imgsz}, median of {a.runs} runs after 10 warm-up, {rows[0]['threads']} threads", "",
+          "| model | prune_round | GFLOPs base -> pruned | ONNX RT ms base -> pruned | ONNX speed-up (realization) "
+          "| OpenVINO ms base -> pruned | OpenVINO speed-up (realization) |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['prune_round']} | {r['gflops'][0]:.2f} -> {r['gflops'][1]:.2f} | "
+           f"{r['onnx_ms'][0]} -> {r['onnx_ms'][1]} | {r['onnx_speedup']:.2f}x ({r['onnx_realization']:.2f}) | "
+           f"{r['openvino_ms'][0]} -> {r['openvino_ms'][1]} | {r['openvino_speedup']:.2f}x ({r['openvino_realization']:.2f}) |"
+           for r in rows]
+    (RESULTS / "speed.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
