@@ -28,11 +28,21 @@ def machine() -> str:
 
 def run(model: str, prune: float, imgsz: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "yolo_prune", "prune", f"model={model}", f"prune={prune}", f"imgsz={imgsz}",
-               f"project={tmp}", "name=exp"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "yolo_prune",
+            "prune",
+            f"model={model}",
+            f"prune={prune}",
+            f"imgsz={imgsz}",
+            f"project={tmp}",
+            "name=exp",
+        ]
         t0 = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True,
-                           env={**os.environ, "YOLO_OFFLINE": "1"})
+        r = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"}
+        )
         wall = time.perf_counter() - t0
         if r.returncode:
             raise SystemExit(f"{model}: {r.stderr[-2000:]}")
@@ -58,16 +68,27 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=640)
     a = ap.parse_args()
     rows = [run(m, a.prune, a.imgsz) for m in a.models]
-    out = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-           "rows": rows}
+    out = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engine_cost.json").write_text(json.dumps(out, indent=2))
-    md = [f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}", "",
-          "| model | engine s | engine peak RSS MB | process peak RSS MB | command wall s | GFLOPs before | after | reduction |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['engine_s']:.2f} | {r['engine_peak_rss_mb']:.0f} | {r['process_peak_rss_mb']:.0f} | "
-           f"{r['command_wall_s']:.1f} | {r['gflops_before']:.2f} | {r['gflops_after']:.2f} | {r['gflops_reduction']:.1%} |"
-           for r in rows]
+    md = [
+        f"Command: `{out['command']}`  ",
+        f"Machine: {out['machine']}  ",
+        f"Date: {out['date']}",
+        "",
+        "| model | engine s | engine peak RSS MB | process peak RSS MB | command wall s | GFLOPs before | after | reduction |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['model']} | {r['engine_s']:.2f} | {r['engine_peak_rss_mb']:.0f} | {r['process_peak_rss_mb']:.0f} | "
+        f"{r['command_wall_s']:.1f} | {r['gflops_before']:.2f} | {r['gflops_after']:.2f} | {r['gflops_reduction']:.1%} |"
+        for r in rows
+    ]
     (RESULTS / "engine_cost.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

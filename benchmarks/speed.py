@@ -33,30 +33,59 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in a.models:
-            base = save_checkpoint(DetectionModel(cfg, verbose=False), Path(tmp) / f"{Path(cfg).stem}.pt", {"task": "detect"})
+            base = save_checkpoint(
+                DetectionModel(cfg, verbose=False), Path(tmp) / f"{Path(cfg).stem}.pt", {"task": "detect"}
+            )
             for r in a.rounds:
                 m = DetectionModel(cfg, verbose=False)
                 prune_model(m, prune=0.5, round_to=r, imgsz=a.imgsz)
                 pt = save_checkpoint(m, Path(tmp) / f"{Path(cfg).stem}_r{r}.pt", {"task": "detect"})
                 res = benchmark(str(pt), str(base), imgsz=a.imgsz, runs=a.runs, project=tmp, name="b")
                 b, p, s = res["rows"]["base"], res["rows"]["pruned"], res["summary"]
-                rows.append({"model": cfg, "prune_round": r, "gflops": [b["gflops"], p["gflops"]],
-                             "gflops_ratio": s["gflops_ratio"], "threads": res["threads"],
-                             **{f"{f}_ms": [round(b[f"{f}_latency"]["median_ms"], 2), round(p[f"{f}_latency"]["median_ms"], 2)]
-                                for f in ("onnx", "openvino")},
-                             **{k: v for k, v in s.items() if k.endswith(("speedup", "realization"))}})
-    out = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-           "imgsz": a.imgsz, "runs": a.runs, "batch": 1, "rows": rows}
+                rows.append(
+                    {
+                        "model": cfg,
+                        "prune_round": r,
+                        "gflops": [b["gflops"], p["gflops"]],
+                        "gflops_ratio": s["gflops_ratio"],
+                        "threads": res["threads"],
+                        **{
+                            f"{f}_ms": [
+                                round(b[f"{f}_latency"]["median_ms"], 2),
+                                round(p[f"{f}_latency"]["median_ms"], 2),
+                            ]
+                            for f in ("onnx", "openvino")
+                        },
+                        **{k: v for k, v in s.items() if k.endswith(("speedup", "realization"))},
+                    }
+                )
+    out = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "imgsz": a.imgsz,
+        "runs": a.runs,
+        "batch": 1,
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "speed.json").write_text(json.dumps(out, indent=2))
-    md = [f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}; batch 1, imgsz "
-          f"{a.imgsz}, median of {a.runs} runs after 10 warm-up, {rows[0]['threads']} threads", "",
-          "| model | prune_round | GFLOPs base -> pruned | ONNX RT ms base -> pruned | ONNX speed-up (realization) "
-          "| OpenVINO ms base -> pruned | OpenVINO speed-up (realization) |", "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['prune_round']} | {r['gflops'][0]:.2f} -> {r['gflops'][1]:.2f} | "
-           f"{r['onnx_ms'][0]} -> {r['onnx_ms'][1]} | {r['onnx_speedup']:.2f}x ({r['onnx_realization']:.2f}) | "
-           f"{r['openvino_ms'][0]} -> {r['openvino_ms'][1]} | {r['openvino_speedup']:.2f}x ({r['openvino_realization']:.2f}) |"
-           for r in rows]
+    md = [
+        f"Command: `{out['command']}`  ",
+        f"Machine: {out['machine']}  ",
+        f"Date: {out['date']}; batch 1, imgsz "
+        f"{a.imgsz}, median of {a.runs} runs after 10 warm-up, {rows[0]['threads']} threads",
+        "",
+        "| model | prune_round | GFLOPs base -> pruned | ONNX RT ms base -> pruned | ONNX speed-up (realization) "
+        "| OpenVINO ms base -> pruned | OpenVINO speed-up (realization) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['model']} | {r['prune_round']} | {r['gflops'][0]:.2f} -> {r['gflops'][1]:.2f} | "
+        f"{r['onnx_ms'][0]} -> {r['onnx_ms'][1]} | {r['onnx_speedup']:.2f}x ({r['onnx_realization']:.2f}) | "
+        f"{r['openvino_ms'][0]} -> {r['openvino_ms'][1]} | {r['openvino_speedup']:.2f}x ({r['openvino_realization']:.2f}) |"
+        for r in rows
+    ]
     (RESULTS / "speed.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -41,13 +41,19 @@ def main() -> None:
         rows = list(csv.DictReader(open(Path(tmp) / "o" / "results.csv")))
     t = [0.0] + [float(r["time"]) for r in rows]
     epoch_s = [b - a_ for a_, b in zip(t, t[1:])]
-    steps = [{"step": h["step"], "epoch": h["epoch"] + 1, "seconds": h["seconds"], "gflops": h["gflops"]} for h in state["history"]]
+    steps = [
+        {"step": h["step"], "epoch": h["epoch"] + 1, "seconds": h["seconds"], "gflops": h["gflops"]}
+        for h in state["history"]
+    ]
     mean_epoch = sum(epoch_s) / len(epoch_s)
     out = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
-        "model": a.model, "data": a.data, "imgsz": a.imgsz, "epochs": a.epochs,
+        "model": a.model,
+        "data": a.data,
+        "imgsz": a.imgsz,
+        "epochs": a.epochs,
         "epoch_seconds": [round(x, 1) for x in epoch_s],
         "steps": steps,
         "mean_step_s": round(sum(s["seconds"] for s in steps) / len(steps), 2),
@@ -58,11 +64,18 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train_overhead.json").write_text(json.dumps(out, indent=2))
-    md = [f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}", "",
-          f"{a.model} on {a.data} at imgsz {a.imgsz}, {a.epochs} epochs, prune=0.5 in {len(steps)} steps: "
-          f"mean step {out['mean_step_s']} s vs mean epoch {out['mean_epoch_s']} s "
-          f"= {out['step_share_of_epoch']:.1%} of an epoch per step.", "",
-          "| step | epoch | seconds | GFLOPs after |", "|---|---|---|---|"]
+    md = [
+        f"Command: `{out['command']}`  ",
+        f"Machine: {out['machine']}  ",
+        f"Date: {out['date']}",
+        "",
+        f"{a.model} on {a.data} at imgsz {a.imgsz}, {a.epochs} epochs, prune=0.5 in {len(steps)} steps: "
+        f"mean step {out['mean_step_s']} s vs mean epoch {out['mean_epoch_s']} s "
+        f"= {out['step_share_of_epoch']:.1%} of an epoch per step.",
+        "",
+        "| step | epoch | seconds | GFLOPs after |",
+        "|---|---|---|---|",
+    ]
     md += [f"| {s['step']} | {s['epoch']} | {s['seconds']} | {s['gflops']:.2f} |" for s in steps]
     md += ["", "Epoch seconds (incl. validation): " + ", ".join(str(x) for x in out["epoch_seconds"])]
     (RESULTS / "train_overhead.md").write_text("\n".join(md) + "\n")

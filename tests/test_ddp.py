@@ -38,8 +38,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     loss = out["boxes"].float().mean() + out["scores"].float().mean()
     loss.backward()  # gradient all-reduce across ranks: needs identical shapes on both
     grad = float(model.model[0].conv.weight.grad.abs().sum())
-    res = {"plan": plan.groups, "local": local.groups, "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
-           "grad": grad, "wrapped": ddp.module is model}
+    res = {
+        "plan": plan.groups,
+        "local": local.groups,
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "grad": grad,
+        "wrapped": ddp.module is model,
+    }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(res, f)
     dist.destroy_process_group()

@@ -43,7 +43,9 @@ def test_criteria_choose_differently_and_register():
     assert [n for n, _ in plans["l1"].groups] == [n for n, _ in plans["l2"].groups]  # same groups, same counts
     assert plans["l1"].n_channels == plans["l2"].n_channels
     assert plans["l1"].groups != plans["l2"].groups  # but not the same channels
-    register("first_channels", lambda: (lambda group: torch.arange(len(group[0].dep.target.module.weight), dtype=torch.float)))
+    register(
+        "first_channels", lambda: lambda group: torch.arange(len(group[0].dep.target.module.weight), dtype=torch.float)
+    )
     try:
         plan = ChannelPruner(model, method="first_channels").plan(ratio=0.5)
         assert dict(plan.groups)["model.0.conv"] == list(range(8))
@@ -51,7 +53,9 @@ def test_criteria_choose_differently_and_register():
         IMPORTANCES.pop("first_channels")
 
 
-@pytest.mark.parametrize("c, r, k, want", [(64, 0.5, 8, 32), (16, 0.3, 8, 8), (8, 0.9, 8, 8), (100, 0.5, 8, 48), (24, 0.0, 8, 24)])
+@pytest.mark.parametrize(
+    "c, r, k, want", [(64, 0.5, 8, 32), (16, 0.3, 8, 8), (8, 0.9, 8, 8), (100, 0.5, 8, 48), (24, 0.0, 8, 24)]
+)
 def test_kept_channels_rounding(c, r, k, want):
     assert kept_channels(c, r, k) == want
 
@@ -59,7 +63,6 @@ def test_kept_channels_rounding(c, r, k, want):
 def test_unsupported_model_is_refused():
     with pytest.raises(PruneError, match="supported: YOLOv8"):
         check_supported(YOLO("yolo11n-pose.yaml").model)
-
 
 
 def test_prune_leaves_batchnorm_statistics_of_kept_channels_untouched():

@@ -10,7 +10,7 @@ from ultralytics import YOLO
 from conftest import run_cli
 from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.engine import prune_model
-from yolo_prune.export import TOLERANCE, ParityError, export, parity
+from yolo_prune.export import TOLERANCE, export, parity
 
 
 def pruned_pt(tmp_path, cfg: str, nc: int = 6):
@@ -113,8 +113,16 @@ def test_benchmark_cli_writes_table_csv_json_png(tmp_path):
 
     save_checkpoint(DetectionModel("yolo11n.yaml", nc=6, verbose=False), base, {"task": "detect"})
     pt = pruned_pt(tmp_path, "yolo11n.yaml")
-    r = run_cli("benchmark", f"model={pt}", f"base={base}", "imgsz=128", "runs=5", f"project={tmp_path}/b", "name=x",
-                cwd=tmp_path)
+    r = run_cli(
+        "benchmark",
+        f"model={pt}",
+        f"base={base}",
+        "imgsz=128",
+        "runs=5",
+        f"project={tmp_path}/b",
+        "name=x",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "b" / "x"
     assert {p.name for p in out.iterdir()} >= {"benchmark.csv", "benchmark.json", "benchmark.png"}

@@ -1,7 +1,6 @@
 """Pruning inside the Ultralytics trainer: state rebuilt after a step, checkpoints, resume, NaN recovery, CLI."""
 
 import csv
-import json
 import signal
 import subprocess
 import sys
@@ -32,8 +31,19 @@ def gflops(pt) -> float:
 def make_trainer(tmp_path, data):
     """A real trainer set up on the tiny dataset (model, optimizer, scheduler, EMA), with the callbacks added."""
     trainer = PruneDetectionTrainer(
-        overrides=dict(model="yolo11n.yaml", data=data, epochs=3, imgsz=64, batch=4, workers=0, amp=False,
-                       project=str(tmp_path), name="s", plots=False, val=False)
+        overrides=dict(
+            model="yolo11n.yaml",
+            data=data,
+            epochs=3,
+            imgsz=64,
+            batch=4,
+            workers=0,
+            amp=False,
+            project=str(tmp_path),
+            name="s",
+            plots=False,
+            val=False,
+        )
     )
     cb = PruneCallbacks(prune=0.5, prune_steps=1, prune_start=1)
     for event, fn in cb.callbacks.items():
@@ -111,8 +121,18 @@ def test_nan_recovery_reloads_pruned_last_pt(stepped):
 
 @pytest.mark.parametrize("cfg, amp", [("yolo11n.yaml", "True"), ("yolo26n.yaml", "False"), ("yolov8n.yaml", "True")])
 def test_cli_train_prunes_in_steps_to_target(tmp_path, cfg, amp):
-    r = run_cli("train", f"model={cfg}", *TRAIN, "epochs=6", "prune=0.5", "prune_steps=3", f"amp={amp}",
-                f"project={tmp_path}", "name=t", cwd=tmp_path)
+    r = run_cli(
+        "train",
+        f"model={cfg}",
+        *TRAIN,
+        "epochs=6",
+        "prune=0.5",
+        "prune_steps=3",
+        f"amp={amp}",
+        f"project={tmp_path}",
+        "name=t",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stdout + r.stderr
     assert all(f"step {k}/3 at epoch" in log for k in (1, 2, 3)) and "yolo-prune summary" in log
@@ -150,8 +170,21 @@ def test_pruned_checkpoint_with_other_classes_is_refused(tmp_path):
 
 def _kill_mid_schedule(tmp_path) -> Path:
     """Start a real training run and SIGKILL it after step 1, before the schedule ends."""
-    cmd = [sys.executable, "-m", "yolo_prune", "train", "model=yolo11n.yaml", *TRAIN, "epochs=8", "prune=0.5",
-           "prune_steps=3", "prune_start=1", "prune_end=5", f"project={tmp_path}", "name=r"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "yolo_prune",
+        "train",
+        "model=yolo11n.yaml",
+        *TRAIN,
+        "epochs=8",
+        "prune=0.5",
+        "prune_steps=3",
+        "prune_start=1",
+        "prune_end=5",
+        f"project={tmp_path}",
+        "name=r",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = tmp_path / "r" / "results.csv"
     deadline = time.time() + 300
@@ -185,7 +218,9 @@ def test_resume_after_kill_continues_schedule(tmp_path, how):
 
 
 def test_train_bad_schedule_writes_nothing(tmp_path):
-    r = run_cli("train", "model=yolo11n.yaml", *TRAIN, "epochs=3", "prune=0.5", "prune_steps=5", f"project={tmp_path}/o")
+    r = run_cli(
+        "train", "model=yolo11n.yaml", *TRAIN, "epochs=3", "prune=0.5", "prune_steps=5", f"project={tmp_path}/o"
+    )
     assert r.returncode == 2 and "prune_steps=5" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
     r = run_cli("train", "model=yolo11n.yaml", *TRAIN, "prune_ratio=0.5", f"project={tmp_path}/o")

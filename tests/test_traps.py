@@ -100,13 +100,23 @@ def test_trap5_head_final_convs_keep_outputs(cfg):
     head = model.model[-1]
     branches = [a for a in ("cv2", "cv3", "one2one_cv2", "one2one_cv3") if getattr(head, a, None) is not None]
     final = {a: [s[-1].out_channels for s in getattr(head, a)] for a in branches}
-    hidden = {a: [s[0][-1].conv.out_channels if isinstance(s[0], torch.nn.Sequential) else s[0].conv.out_channels
-                  for s in getattr(head, a)] for a in branches}
+    hidden = {
+        a: [
+            s[0][-1].conv.out_channels if isinstance(s[0], torch.nn.Sequential) else s[0].conv.out_channels
+            for s in getattr(head, a)
+        ]
+        for a in branches
+    }
     prune_model(model, prune=0.5)
     assert {a: [s[-1].out_channels for s in getattr(head, a)] for a in branches} == final
     assert final["cv2"] == [4 * head.reg_max] * head.nl and final["cv3"] == [head.nc] * head.nl
-    hidden_after = {a: [s[0][-1].conv.out_channels if isinstance(s[0], torch.nn.Sequential) else s[0].conv.out_channels
-                        for s in getattr(head, a)] for a in branches}
+    hidden_after = {
+        a: [
+            s[0][-1].conv.out_channels if isinstance(s[0], torch.nn.Sequential) else s[0].conv.out_channels
+            for s in getattr(head, a)
+        ]
+        for a in branches
+    }
     assert all(sum(hidden_after[a]) < sum(hidden[a]) for a in branches)
     assert eval_out(model).shape[1] == 4 + head.nc
 

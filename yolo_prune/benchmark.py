@@ -84,11 +84,17 @@ def _size_mb(path: str | Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 2)
 
 
-def measure(weights: str, formats, imgsz: int, runs: int, device: str, data: str | None, threads: int) -> dict[str, Any]:
+def measure(
+    weights: str, formats, imgsz: int, runs: int, device: str, data: str | None, threads: int
+) -> dict[str, Any]:
     """One model's row: params, GFLOPs, file sizes, latency per format, mAP50-95 when ``data`` is given."""
     info = model_info(YOLO(weights).model, imgsz)
-    row: dict[str, Any] = {"model": weights, "params": info["params"], "gflops": round(info["gflops"], 3),
-                           "pt_mb": _size_mb(weights)}
+    row: dict[str, Any] = {
+        "model": weights,
+        "params": info["params"],
+        "gflops": round(info["gflops"], 3),
+        "pt_mb": _size_mb(weights),
+    }
     for fmt in formats:
         if fmt == "torch-cuda":
             row[f"{fmt}_latency"] = torch_cuda_latency(weights, imgsz, runs, device)
@@ -129,9 +135,14 @@ def benchmark(
         summary[f"{fmt}_speedup"] = round(s, 3)
         summary[f"{fmt}_realization"] = round(s / gflops_ratio, 3)
     result = {
-        "imgsz": imgsz, "runs": runs, "batch": 1, "threads": threads, "device": device,
+        "imgsz": imgsz,
+        "runs": runs,
+        "batch": 1,
+        "threads": threads,
+        "device": device,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "rows": rows, "summary": summary,
+        "rows": rows,
+        "summary": summary,
     }
     save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
     write_results(result, formats, save_dir)
@@ -142,15 +153,22 @@ def benchmark(
 
 def _table_rows(result: dict, formats) -> list[list[str]]:
     b, p, s = result["rows"]["base"], result["rows"]["pruned"], result["summary"]
-    out = [["", "base", "pruned", "ratio"],
-           ["params", f"{b['params']:,}", f"{p['params']:,}", f"{s['params_ratio']:.2f}x"],
-           [f"GFLOPs@{result['imgsz']}", f"{b['gflops']:.2f}", f"{p['gflops']:.2f}", f"{s['gflops_ratio']:.2f}x"],
-           [".pt MB", f"{b['pt_mb']:.1f}", f"{p['pt_mb']:.1f}", ""]]
+    out = [
+        ["", "base", "pruned", "ratio"],
+        ["params", f"{b['params']:,}", f"{p['params']:,}", f"{s['params_ratio']:.2f}x"],
+        [f"GFLOPs@{result['imgsz']}", f"{b['gflops']:.2f}", f"{p['gflops']:.2f}", f"{s['gflops_ratio']:.2f}x"],
+        [".pt MB", f"{b['pt_mb']:.1f}", f"{p['pt_mb']:.1f}", ""],
+    ]
     for fmt in formats:
         lb, lp = b[f"{fmt}_latency"], p[f"{fmt}_latency"]
-        out.append([f"{fmt} ms (median/p90)", f"{lb['median_ms']:.1f}/{lb['p90_ms']:.1f}",
-                    f"{lp['median_ms']:.1f}/{lp['p90_ms']:.1f}",
-                    f"{s[f'{fmt}_speedup']:.2f}x (realization {s[f'{fmt}_realization']:.2f})"])
+        out.append(
+            [
+                f"{fmt} ms (median/p90)",
+                f"{lb['median_ms']:.1f}/{lb['p90_ms']:.1f}",
+                f"{lp['median_ms']:.1f}/{lp['p90_ms']:.1f}",
+                f"{s[f'{fmt}_speedup']:.2f}x (realization {s[f'{fmt}_realization']:.2f})",
+            ]
+        )
         if f"{fmt}_map50_95" in b:
             out.append([f"{fmt} mAP50-95", f"{b[f'{fmt}_map50_95']:.4f}", f"{p[f'{fmt}_map50_95']:.4f}", ""])
     return out
@@ -161,8 +179,10 @@ def format_table(result: dict, formats) -> str:
     rows = _table_rows(result, formats)
     widths = [max(len(r[i]) for r in rows) + 2 for i in range(4)]
     lines = ["".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.append(f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs after 10 warm-up, "
-                 f"{result['threads']} threads, {result['machine']}")
+    lines.append(
+        f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs after 10 warm-up, "
+        f"{result['threads']} threads, {result['machine']}"
+    )
     return "\n".join(lines)
 
 
@@ -182,7 +202,9 @@ def write_results(result: dict, formats, save_dir: Path) -> None:
     x = np.arange(len(formats))
     for i, (k, color) in enumerate((("base", "#999999"), ("pruned", "#1f77b4"))):
         med = [result["rows"][k][f"{f}_latency"]["median_ms"] for f in formats]
-        bars = ax.bar(x + (i - 0.5) * 0.38, med, 0.38, label=f"{k} ({result['rows'][k]['gflops']:.1f} GFLOPs)", color=color)
+        bars = ax.bar(
+            x + (i - 0.5) * 0.38, med, 0.38, label=f"{k} ({result['rows'][k]['gflops']:.1f} GFLOPs)", color=color
+        )
         ax.bar_label(bars, fmt="%.1f")
     ax.set_xticks(x, [f"{f}\n{result['summary'][f'{f}_speedup']:.2f}x" for f in formats])
     ax.set_ylabel("median latency, ms (batch 1)")

@@ -28,7 +28,9 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
     schedule = {k: args[k] for k in SCHEDULE_DEFAULTS if k in args}
     cfg = check_prune_args({k: v for k, v in args.items() if k not in SCHEDULE_DEFAULTS})
     if cfg["prune_ratio"] is not None:
-        raise PruneError("prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>")
+        raise PruneError(
+            "prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>"
+        )
     return {**cfg, **SCHEDULE_DEFAULTS, **schedule}
 
 
@@ -50,13 +52,19 @@ class PruneCallbacks:
         state = getattr(model, "prune_state", None)
         if trainer.resume and state and state["done"] < len(state["schedule"]):
             if self.cfg["prune"] not in (None, state["prune"]):
-                LOGGER.warning(f"yolo-prune: resume ignores prune={self.cfg['prune']}, continuing prune={state['prune']}")
+                LOGGER.warning(
+                    f"yolo-prune: resume ignores prune={self.cfg['prune']}, continuing prune={state['prune']}"
+                )
             LOGGER.info(f"yolo-prune: resuming at step {state['done'] + 1}/{len(state['schedule'])}")
         elif self.cfg["prune"] is not None:
             check_supported(model)
             info = model_info(model, FLOPS_IMGSZ)
             schedule = make_schedule(
-                self.cfg["prune"], trainer.epochs, self.cfg["prune_steps"], self.cfg["prune_start"], self.cfg["prune_end"]
+                self.cfg["prune"],
+                trainer.epochs,
+                self.cfg["prune_steps"],
+                self.cfg["prune_start"],
+                self.cfg["prune_end"],
             )
             state = {
                 "prune": self.cfg["prune"],
@@ -104,7 +112,9 @@ class PruneCallbacks:
         lines.append(f"{'start':>6}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{'':>9}")
         for h in st["history"]:
             red = 1 - h["gflops"] / st["base"]["gflops"]
-            lines.append(f"{h['step']:>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}{h['seconds']:>9.1f}")
+            lines.append(
+                f"{h['step']:>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}{h['seconds']:>9.1f}"
+            )
         LOGGER.info("yolo-prune summary\n" + "\n".join(lines))
 
     # --- the step -------------------------------------------------------------------------------------------------

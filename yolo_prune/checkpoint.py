@@ -28,15 +28,17 @@ def load_model(model: str | Path) -> YOLO:
     try:
         return YOLO(model)
     except NotImplementedError:  # e.g. RT-DETR yamls: YOLO() has no task map for them
-        raise PruneError(f"model: '{model}' is not supported; supported: {SUPPORTED_MODELS}")
+        raise PruneError(f"model: '{model}' is not supported; supported: {SUPPORTED_MODELS}") from None
     except FileNotFoundError:
-        raise PruneError(f"model: '{model}' not found; accepted: a packaged yaml such as yolo11n.yaml or a local file")
+        raise PruneError(
+            f"model: '{model}' not found; accepted: a packaged yaml such as yolo11n.yaml or a local file"
+        ) from None
     except Exception as e:  # torch/pickle/yaml raise many types for a corrupt file
         kind = "checkpoint" if suffix == ".pt" else "model yaml"
         raise PruneError(
             f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}); "
             f"accepted: a {kind} written by Ultralytics or yolo-prune"
-        )
+        ) from e
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

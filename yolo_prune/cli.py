@@ -14,8 +14,18 @@ from .cfg import PRUNE_DEFAULTS, PruneError
 from .datasets import resolve_data
 
 PASSTHROUGH = ("val", "predict", "track")
-BENCHMARK_KEYS = {"model": None, "base": None, "data": None, "imgsz": 640, "formats": "onnx,openvino", "device": "cpu",
-                  "runs": 100, "project": "runs/benchmark", "name": "exp", "exist_ok": False}
+BENCHMARK_KEYS = {
+    "model": None,
+    "base": None,
+    "data": None,
+    "imgsz": 640,
+    "formats": "onnx,openvino",
+    "device": "cpu",
+    "runs": 100,
+    "project": "runs/benchmark",
+    "name": "exp",
+    "exist_ok": False,
+}
 TRAIN_PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end", "prune_method", "prune_round")
 PRUNE_KEYS = {"model": None, "imgsz": 640, "project": "runs/prune", "name": "exp", "exist_ok": False, **PRUNE_DEFAULTS}
 
@@ -45,7 +55,7 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
             try:
                 k, v = parse_key_value_pair(a)
             except AssertionError:
-                raise PruneError(f"'{a}' has no value; accepted: key=value")
+                raise PruneError(f"'{a}' has no value; accepted: key=value") from None
             overrides[k] = v
         elif mode is None:
             mode = a

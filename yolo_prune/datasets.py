@@ -56,7 +56,20 @@ def _polygon(cls: int, cx: float, cy: float, r: float, angle: float) -> np.ndarr
         pts = [(np.cos(a), np.sin(a)) for a in np.deg2rad([-90, 30, 150])]
     elif cls == 3:  # cross
         w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     else:  # star
         pts = [
             ((1.0 if i % 2 == 0 else 0.45) * np.cos(a), (1.0 if i % 2 == 0 else 0.45) * np.sin(a))
@@ -80,7 +93,9 @@ def _draw_mask(cls: int, cx: float, cy: float, r: float, angle: float, size: int
     return mask
 
 
-def make_image(seed: int, index: int, size: int = 320) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
+def make_image(
+    seed: int, index: int, size: int = 320
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
     """One image (BGR uint8) and its labels ``(cls, cx, cy, w, h)`` normalised; depends only on (seed, index)."""
     rng = np.random.default_rng([seed, index])
     img = _background(rng, size)

@@ -92,7 +92,11 @@ class PrunePlan:
 def check_supported(model: nn.Module) -> None:
     """Raise PruneError naming the first thing about ``model`` that the engine does not support."""
     model = unwrap_model(model)
-    if type(model) is not DetectionModel or not isinstance(model.model[-1], Detect) or type(model.model[-1]) is not Detect:
+    if (
+        type(model) is not DetectionModel
+        or not isinstance(model.model[-1], Detect)
+        or type(model.model[-1]) is not Detect
+    ):
         raise PruneError(f"model: {type(model).__name__} is not supported; supported: {SUPPORTED_MODELS}")
     for m in model.modules():
         if type(m).__module__.startswith("ultralytics.nn.modules") and not isinstance(m, SUPPORTED_BLOCKS):
@@ -422,4 +426,3 @@ def prune_model(
     apply_plan(model, plan)
     check_forward(model)
     return plan
-

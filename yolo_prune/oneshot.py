@@ -58,7 +58,12 @@ def prune_file(
 
     t0 = time.perf_counter()
     plan = prune_model(
-        net, prune=cfg["prune"], ratio=cfg["prune_ratio"], method=cfg["prune_method"], round_to=cfg["prune_round"], imgsz=imgsz
+        net,
+        prune=cfg["prune"],
+        ratio=cfg["prune_ratio"],
+        method=cfg["prune_method"],
+        round_to=cfg["prune_round"],
+        imgsz=imgsz,
     )
     elapsed = time.perf_counter() - t0
     after, widths_after = model_info(net, imgsz), layer_widths(net)
@@ -78,7 +83,11 @@ def prune_file(
         "elapsed_s": round(elapsed, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "layers": {k: [widths_before[k], widths_after[k]] for k in widths_before},
-        "versions": {"yolo_prune": __version__, "ultralytics": ultralytics.__version__, "torch_pruning": tp.__version__},
+        "versions": {
+            "yolo_prune": __version__,
+            "ultralytics": ultralytics.__version__,
+            "torch_pruning": tp.__version__,
+        },
     }
     save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
     train_args = (yolo.ckpt or {}).get("train_args") or {"model": str(model), "task": net.task, "imgsz": imgsz}

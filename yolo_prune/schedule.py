@@ -41,7 +41,11 @@ def make_schedule(
     """
     last_allowed = total_epochs - 1
     if end is None:
-        end = start if (start is not None and steps == 1) else max(0, total_epochs - math.ceil(FINETUNE_TAIL * total_epochs))
+        end = (
+            start
+            if (start is not None and steps == 1)
+            else max(0, total_epochs - math.ceil(FINETUNE_TAIL * total_epochs))
+        )
     if start is None:
         start = min(max(1, round(0.1 * total_epochs)), end)
     if steps is None:  # auto: up to DEFAULT_STEPS, one per epoch in the window
@@ -50,7 +54,9 @@ def make_schedule(
         raise PruneError(f"prune_steps={steps!r} is invalid; accepted: an integer >= 1")
     for key, v in (("prune_start", start), ("prune_end", end)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= last_allowed:
-            raise PruneError(f"{key}={v!r} is invalid; accepted: an epoch from 0 to {last_allowed} (epochs={total_epochs})")
+            raise PruneError(
+                f"{key}={v!r} is invalid; accepted: an epoch from 0 to {last_allowed} (epochs={total_epochs})"
+            )
     if end < start:
         raise PruneError(f"prune_end={end} is before prune_start={start}; accepted: prune_start <= prune_end")
     if steps > end - start + 1:
