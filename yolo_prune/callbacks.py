@@ -50,12 +50,12 @@ class PruneCallbacks:
         """Start a schedule, or pick up the one carried by a resumed checkpoint."""
         model = unwrap_model(trainer.model)
         state = getattr(model, "prune_state", None)
-        if trainer.resume and state and state["done"] < len(state["schedule"]):
+        if trainer.resume and state:  # a resumed run keeps its checkpoint's schedule, finished or not
             if self.cfg["prune"] not in (None, state["prune"]):
                 LOGGER.warning(
                     f"yolo-prune: resume ignores prune={self.cfg['prune']}, continuing prune={state['prune']}"
                 )
-            LOGGER.info(f"yolo-prune: resuming at step {state['done'] + 1}/{len(state['schedule'])}")
+            LOGGER.info(f"yolo-prune: resuming with {state['done']}/{len(state['schedule'])} steps done")
         elif self.cfg["prune"] is not None:
             check_supported(model)
             info = model_info(model, FLOPS_IMGSZ)
