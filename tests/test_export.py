@@ -1,6 +1,7 @@
 """Export of pruned models through Ultralytics' exporter: clean ONNX graphs and parity in every precision."""
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -9,6 +10,7 @@ from ultralytics import YOLO
 
 from conftest import run_cli
 from yolo_prune.checkpoint import save_checkpoint
+from yolo_prune.datasets import builtin_dataset
 from yolo_prune.engine import prune_model
 from yolo_prune.export import TOLERANCE, export, parity
 
@@ -56,27 +58,22 @@ def test_onnx_graph_has_no_split_outside_attention(tmp_path):
 
 @pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-@pytest.mark.parametrize("quantize", [None, 16])
-def test_export_parity_fp32_fp16(tmp_path, cfg, fmt, quantize):
-    res = export(pruned_pt(tmp_path, cfg), format=fmt, imgsz=128, quantize=quantize)
-    assert res["max_abs_diff"] <= TOLERANCE[quantize or 32]
+@pytest.mark.parametrize("quantize", [None, 16, 8])
+def test_export_parity_every_precision(tmp_path, cfg, fmt, quantize):
+    data = builtin_dataset("shapes-64")  # INT8 calibration on 16 images; the 2 of the tiny set are too few
+    res = export(pruned_pt(tmp_path, cfg), format=fmt, imgsz=128, quantize=quantize, data=data)
+    stat, tol = TOLERANCE[quantize or 32]
+    assert res[f"{stat}_abs_diff"] <= tol
     if quantize is None:
         assert res["max_abs_diff"] <= 1e-3
-
-
-@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_int8_export_is_quantized_and_reports_parity(tmp_path, tiny_data, fmt):
-    res = export(pruned_pt(tmp_path, "yolo11n.yaml"), format=fmt, imgsz=128, quantize=8, data=tiny_data)
-    assert res["tolerance"] is None and res["max_abs_diff"] == res["max_abs_diff"]  # reported, finite
-    if fmt == "onnx":
+    if quantize == 8 and fmt == "onnx":  # really quantized, not a silent fp32 fallback
         ops = {n.op_type for n in onnx.load(res["file"]).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    else:
+    elif quantize == 8:
         import openvino as ov
-        from pathlib import Path
 
         ops = {op.get_type_name() for op in ov.Core().read_model(next(Path(res["file"]).glob("*.xml"))).get_ops()}
-        assert "FakeQuantize" in ops or "FakeConvert" in ops, sorted(ops)
+        assert "FakeQuantize" in ops or "FakeConvert" in ops
 
 
 def test_yolo26_nms_free_dynamic_export(tmp_path):
@@ -97,7 +94,8 @@ def test_parity_catches_a_wrong_export(tmp_path):
         other.model[0].conv.weight.mul_(-1)  # same shapes, different function
     b = save_checkpoint(other, tmp_path / "b" / "other.pt", {"task": "detect"})
     f = YOLO(str(b)).export(format="onnx", imgsz=128)
-    assert parity(a, f, "onnx", 128) > TOLERANCE[32]
+    d = parity(a, f, "onnx", 128)
+    assert d["max"] > TOLERANCE[32][1] and d["mean"] > TOLERANCE[8][1]  # caught by every precision's criterion
 
 
 def test_export_cli_reports_parity(tmp_path):

@@ -1,9 +1,10 @@
 """Export through Ultralytics' exporter, then prove the exported model computes what PyTorch does.
 
 After every export the exported file is run with its own runtime (ONNX Runtime for ONNX, OpenVINO for OpenVINO) on the
-same input as the PyTorch model, configured the way the exporter configured it (head in export mode, the YOLO26
-one-to-one head when ``nms=False``). The parity figure is the max abs difference of the outputs with box coordinates
-divided by ``imgsz``, so boxes and scores share one scale; over the tolerance, the export fails.
+same image as the PyTorch model, configured the way the exporter configured it (head in export mode, the YOLO26
+one-to-one head when ``nms=False``). The image is real: the first val image of ``data`` or one from the built-in
+generator (uniform noise is out of distribution and exaggerates INT8 error). Differences are taken with box
+coordinates divided by ``imgsz``, so boxes and scores share one scale; over the tolerance, the export fails.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 
 from .cfg import PruneError
-from .datasets import resolve_data
+from .datasets import make_image, resolve_data
 
-# Max abs difference allowed, by precision (``quantize``). fp16 keeps 11 significant bits; its worst anchor moved by
-# 0.045 of the image on a BN-calibrated random model, hence 0.1. INT8 (static, calibrated)
-# is reported but not enforced: an element-wise bound over every anchor is not a meaningful INT8 criterion (on an
-# untrained model a few anchors' boxes move by half the image), and a detection-level one is not calibrated yet.
-TOLERANCE: dict[int, float | None] = {32: 1e-3, 16: 0.1, 8: None}
+# Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
+# (fp16's worst measured 0.0025 on test models). Static INT8 moves single anchors by up to ~0.6 even when the export is
+# right, so it is bounded on the mean: correct INT8 exports of pruned yolo11n/yolo26n measured 0.002-0.077 (OpenVINO's
+# calibration varies run to run), a graph with one sign-flipped conv 0.16.
+TOLERANCE: dict[int, tuple[str, float]] = {32: ("max", 1e-3), 16: ("max", 1e-2), 8: ("mean", 0.1)}
 RUNTIMES = {"onnx", "openvino"}  # formats whose parity is checked here (TensorRT is not installable on these machines)
 CALIBRATION_DATA = "shapes-256"  # built-in data for INT8 calibration when no data= is given
 
@@ -81,31 +83,50 @@ def _normalised(y: np.ndarray, imgsz: int) -> np.ndarray:
     return y
 
 
-def _max_diff(ref: np.ndarray, out: np.ndarray, end2end: bool) -> float:
-    """Max abs difference; NMS-free detections are compared as sets, since near-tied scores may swap top-k places."""
+def _diffs(ref: np.ndarray, out: np.ndarray, end2end: bool) -> dict[str, float]:
+    """Max and mean abs difference; NMS-free rows are matched as sets (near-tied scores may swap top-k places)."""
     if not end2end:
-        return float(np.abs(ref - out).max())
-    worst = 0.0
-    for r, o in zip(ref, out):  # per image: each row against its closest counterpart
+        d = np.abs(ref - out)
+        return {"max": float(d.max()), "mean": float(d.mean())}
+    worst, means = 0.0, []
+    for r, o in zip(ref, out):  # per image: each row against its closest counterpart, both ways
         pair = np.abs(r[:, None, :] - o[None, :, :]).max(-1)
         worst = max(worst, float(pair.min(1).max()), float(pair.min(0).max()))
-    return worst
+        means.append(float(np.abs(r[:, None, :] - o[None, :, :])[np.arange(len(r)), pair.argmin(1)].mean()))
+    return {"max": worst, "mean": float(np.mean(means))}
 
 
-def parity(weights: str | Path, exported: str | Path, fmt: str, imgsz: int, nms: bool | None = None) -> float:
-    """Max abs difference between the checkpoint and its export on one random image (boxes divided by imgsz)."""
-    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+def parity_image(imgsz: int, data: str | None = None) -> torch.Tensor:
+    """One real image as a (1, 3, imgsz, imgsz) RGB tensor in [0, 1]: data's first val image, else a generated one."""
+    img = None
+    if data:
+        from ultralytics.data.utils import check_det_dataset
+
+        val = Path(check_det_dataset(data)["val"])
+        files = sorted(p for p in (val.rglob("*") if val.is_dir() else []) if p.suffix.lower() in {".jpg", ".png"})
+        img = cv2.imread(str(files[0])) if files else None
+    if img is None:
+        img = make_image(seed=1, index=0, size=imgsz)[0]
+    img = cv2.resize(img, (imgsz, imgsz))[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
+    return torch.from_numpy(np.ascontiguousarray(img)).float()[None] / 255
+
+
+def parity(
+    weights: str | Path, exported: str | Path, fmt: str, imgsz: int, nms: bool | None = None, data: str | None = None
+) -> dict[str, float]:
+    """Max and mean abs difference between the checkpoint and its export on one real image (boxes / imgsz)."""
+    x = parity_image(imgsz, data)
     ref = torch_reference(weights, x, nms)
     out = onnx_outputs(exported, x) if fmt == "onnx" else openvino_outputs(exported, x)
     if ref.shape != out.shape:
         raise ParityError(f"output shapes differ: PyTorch {ref.shape} vs {fmt} {out.shape}")
     end2end = ref.ndim == 3 and ref.shape[-1] == 6 and nms is False
-    return _max_diff(_normalised(ref, imgsz), _normalised(out, imgsz), end2end)
+    return _diffs(_normalised(ref, imgsz), _normalised(out, imgsz), end2end)
 
 
 def onnx_parity(weights: str | Path, onnx_file: str | Path, imgsz: int = 640) -> float:
-    """Parity of an fp32 ONNX export (see :func:`parity`)."""
-    return parity(weights, onnx_file, "onnx", imgsz)
+    """Max abs difference of an fp32 ONNX export (see :func:`parity`)."""
+    return parity(weights, onnx_file, "onnx", imgsz)["max"]
 
 
 def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
@@ -123,18 +144,23 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         kwargs["data"] = resolve_data(kwargs["data"])
     imgsz = kwargs.get("imgsz") or 640
     file = YOLO(str(weights)).export(format=format, **kwargs)
-    result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "tolerance": None}
+    result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
     if format not in RUNTIMES or kwargs.get("nms"):
         LOGGER.info(f"yolo-prune: no parity check for format={format}{' with nms=True' if kwargs.get('nms') else ''}")
         return result
-    diff = parity(weights, file, format, imgsz if isinstance(imgsz, int) else max(imgsz), kwargs.get("nms"))
-    tol = TOLERANCE[quantize]
-    result.update(max_abs_diff=diff, tolerance=tol)
-    verdict = "reported only (INT8)" if tol is None else "ok" if diff <= tol else "FAILED"
-    LOGGER.info(f"yolo-prune: {format} parity vs PyTorch: max abs diff {diff:.3g} (tolerance {tol}) {verdict}")
-    if tol is not None and diff > tol:
+    diff = parity(
+        weights, file, format, imgsz if isinstance(imgsz, int) else max(imgsz), kwargs.get("nms"), kwargs.get("data")
+    )
+    stat, tol = TOLERANCE[quantize]
+    result.update(max_abs_diff=diff["max"], mean_abs_diff=diff["mean"], criterion=f"{stat} <= {tol:g}")
+    ok = diff[stat] <= tol
+    LOGGER.info(
+        f"yolo-prune: {format} parity vs PyTorch: max abs diff {diff['max']:.3g}, mean {diff['mean']:.3g} "
+        f"({stat} <= {tol:g} for quantize={quantize}) {'ok' if ok else 'FAILED'}"
+    )
+    if not ok:
         raise ParityError(
-            f"{format} export of {weights} differs from PyTorch by {diff:.3g} > {tol:g} "
+            f"{format} export of {weights} differs from PyTorch: {stat} abs diff {diff[stat]:.3g} > {tol:g} "
             f"(quantize={quantize}); the exported file is {file}"
         )
     return result
