@@ -208,7 +208,9 @@ def write_results(result: dict, formats, save_dir: Path) -> None:
         ax.bar_label(bars, fmt="%.1f")
     ax.set_xticks(x, [f"{f}\n{result['summary'][f'{f}_speedup']:.2f}x" for f in formats])
     ax.set_ylabel("median latency, ms (batch 1)")
-    ax.set_title(f"imgsz {result['imgsz']}, {result['threads']} threads")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    n = result["threads"]
+    ax.set_title(f"imgsz {result['imgsz']}, {n} thread{'s' if n != 1 else ''}")
     ax.legend()
     fig.savefig(save_dir / "benchmark.png", dpi=120)
     plt.close(fig)
