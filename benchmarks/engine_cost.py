@@ -9,21 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
+from results_io import header, save
 
 
 def run(model: str, prune: float, imgsz: int) -> dict:
@@ -68,29 +60,22 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=640)
     a = ap.parse_args()
     rows = [run(m, a.prune, a.imgsz) for m in a.models]
-    out = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "engine_cost.json").write_text(json.dumps(out, indent=2))
-    md = [
-        f"Command: `{out['command']}`  ",
-        f"Machine: {out['machine']}  ",
-        f"Date: {out['date']}",
-        "",
-        "| model | engine s | engine peak RSS MB | process peak RSS MB | command wall s | GFLOPs before | after | reduction |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    md += [
-        f"| {r['model']} | {r['engine_s']:.2f} | {r['engine_peak_rss_mb']:.0f} | {r['process_peak_rss_mb']:.0f} | "
-        f"{r['command_wall_s']:.1f} | {r['gflops_before']:.2f} | {r['gflops_after']:.2f} | {r['gflops_reduction']:.1%} |"
-        for r in rows
-    ]
-    (RESULTS / "engine_cost.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    out = {**header(), "rows": rows}
+    save(
+        "engine_cost",
+        out,
+        [
+            "| model | engine s | engine peak RSS MB | process peak RSS MB | command wall s | GFLOPs before | after "
+            "| reduction |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['model']} | {r['engine_s']:.2f} | {r['engine_peak_rss_mb']:.0f} | {r['process_peak_rss_mb']:.0f} "
+                f"| {r['command_wall_s']:.1f} | {r['gflops_before']:.2f} | {r['gflops_after']:.2f} "
+                f"| {r['gflops_reduction']:.1%} |"
+                for r in rows
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

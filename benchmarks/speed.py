@@ -8,13 +8,10 @@ benchmarks/results/speed.{json,md} with the command and machine.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from engine_cost import RESULTS, machine
+from results_io import header, save
 
 
 def main() -> None:
@@ -59,35 +56,21 @@ def main() -> None:
                         **{k: v for k, v in s.items() if k.endswith(("speedup", "realization"))},
                     }
                 )
-    out = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "imgsz": a.imgsz,
-        "runs": a.runs,
-        "batch": 1,
-        "rows": rows,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(out, indent=2))
-    md = [
-        f"Command: `{out['command']}`  ",
-        f"Machine: {out['machine']}  ",
-        f"Date: {out['date']}; batch 1, imgsz "
-        f"{a.imgsz}, median of {a.runs} runs after 10 warm-up, {rows[0]['threads']} threads",
+    out = {**header(), "imgsz": a.imgsz, "runs": a.runs, "batch": 1, "rows": rows}
+    body = [
+        f"batch 1, imgsz {a.imgsz}, median of {a.runs} runs after 10 warm-up, {rows[0]['threads']} threads",
         "",
         "| model | prune_round | GFLOPs base -> pruned | ONNX RT ms base -> pruned | ONNX speed-up (realization) "
         "| OpenVINO ms base -> pruned | OpenVINO speed-up (realization) |",
         "|---|---|---|---|---|---|---|",
     ]
-    md += [
+    body += [
         f"| {r['model']} | {r['prune_round']} | {r['gflops'][0]:.2f} -> {r['gflops'][1]:.2f} | "
         f"{r['onnx_ms'][0]} -> {r['onnx_ms'][1]} | {r['onnx_speedup']:.2f}x ({r['onnx_realization']:.2f}) | "
         f"{r['openvino_ms'][0]} -> {r['openvino_ms'][1]} | {r['openvino_speedup']:.2f}x ({r['openvino_realization']:.2f}) |"
         for r in rows
     ]
-    (RESULTS / "speed.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    save("speed", out, body)
 
 
 if __name__ == "__main__":

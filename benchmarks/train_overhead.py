@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from engine_cost import RESULTS, machine
+from results_io import header, save
 
 
 def main() -> None:
@@ -37,7 +35,8 @@ def main() -> None:
             data=a.data, epochs=a.epochs, imgsz=a.imgsz, workers=2, plots=False, project=tmp, name="o"
         )
         wall = time.perf_counter() - t0
-        state = torch.load(Path(tmp) / "o" / "weights" / "last.pt", weights_only=False)["ema"].prune_state
+        ckpt = torch.load(Path(tmp) / "o" / "weights" / "last.pt", weights_only=False)
+        state = (ckpt.get("ema") or ckpt["model"]).prune_state  # the final checkpoint is stripped: ema -> model
         rows = list(csv.DictReader(open(Path(tmp) / "o" / "results.csv")))
     t = [0.0] + [float(r["time"]) for r in rows]
     epoch_s = [b - a_ for a_, b in zip(t, t[1:])]
@@ -47,9 +46,7 @@ def main() -> None:
     ]
     mean_epoch = sum(epoch_s) / len(epoch_s)
     out = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
+        **header(),
         "model": a.model,
         "data": a.data,
         "imgsz": a.imgsz,
@@ -62,24 +59,18 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "gflops": {"before": state["base"]["gflops"], "after": steps[-1]["gflops"]},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_overhead.json").write_text(json.dumps(out, indent=2))
-    md = [
-        f"Command: `{out['command']}`  ",
-        f"Machine: {out['machine']}  ",
-        f"Date: {out['date']}",
-        "",
+    body = [
         f"{a.model} on {a.data} at imgsz {a.imgsz}, {a.epochs} epochs, prune=0.5 in {len(steps)} steps: "
         f"mean step {out['mean_step_s']} s vs mean epoch {out['mean_epoch_s']} s "
         f"= {out['step_share_of_epoch']:.1%} of an epoch per step.",
         "",
         "| step | epoch | seconds | GFLOPs after |",
         "|---|---|---|---|",
+        *(f"| {s['step']} | {s['epoch']} | {s['seconds']} | {s['gflops']:.2f} |" for s in steps),
+        "",
+        "Epoch seconds (incl. validation): " + ", ".join(str(x) for x in out["epoch_seconds"]),
     ]
-    md += [f"| {s['step']} | {s['epoch']} | {s['seconds']} | {s['gflops']:.2f} |" for s in steps]
-    md += ["", "Epoch seconds (incl. validation): " + ", ".join(str(x) for x in out["epoch_seconds"])]
-    (RESULTS / "train_overhead.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    save("train_overhead", out, body)
 
 
 if __name__ == "__main__":
