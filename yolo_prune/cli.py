@@ -106,9 +106,7 @@ def _train(overrides: dict[str, Any]) -> None:
         make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
     yolo = load_model(model)
     add_pruning(yolo, **plugin)
-    if "data" in overrides:
-        overrides["data"] = resolve_data(overrides["data"])
-    yolo.train(**overrides)
+    yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
 
 
 def _export(overrides: dict[str, Any]) -> None:

@@ -55,7 +55,8 @@ def apply_step(trainer, plan: PrunePlan) -> None:
     """Apply ``plan`` to the live model and its EMA, then rebuild everything that held the old tensors.
 
     Rebuilt: the DDP wrapper, the optimizer (same decay and iteration formula as ``_build_train_pipeline``), the LR
-    scheduler (same epoch position) and the freeze policy. The EMA is pruned in place with the same plan, so its
+    scheduler (same epoch position); the freeze policy survives because ``apply_plan`` keeps each parameter's
+    ``requires_grad`` by name. The EMA is pruned in place with the same plan, so its
     running average survives. The GradScaler and the loss hold no parameters and stay.
     """
     model = unwrap_model(trainer.model)
@@ -63,8 +64,6 @@ def apply_step(trainer, plan: PrunePlan) -> None:
     if trainer.ema is not None:
         apply_plan(trainer.ema.ema, plan)
         trainer.ema.ema.prune_state = getattr(model, "prune_state", None)
-    for n, p in model.named_parameters():  # Ultralytics' freeze policy (always includes '.dfl')
-        p.requires_grad_(not any(x in n for x in trainer.freeze_layer_names))
     if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
         trainer.model = rewrap_ddp(trainer.model)
     rebuild_optimizer(trainer)
