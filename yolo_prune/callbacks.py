@@ -15,12 +15,24 @@ from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .cfg import PruneError, check_prune_args
-from .engine import check_forward, check_supported, model_info, plan_for_target, prepare_model
+from .engine import (
+    check_forward,
+    check_supported,
+    ignored_modules,
+    model_info,
+    options_from_cfg,
+    plan_for_target,
+    prepare_model,
+)
+from .importance import GRADIENT_METHODS, accumulate_gradients
 from .schedule import make_schedule
-from .trainer import apply_step, broadcast_plan
+from .sparsity import BNSparsity, penalised_norms
+from .trainer import apply_step, broadcast_plan, trainer_batches, trainer_loss
+from .unstructured import MaskKeeper, apply_masks, masks_from_zeros, sparsify, sparsity
 
 SCHEDULE_DEFAULTS: dict[str, Any] = {"prune_steps": None, "prune_start": None, "prune_end": None}
 FLOPS_IMGSZ = 640  # GFLOPs are reported at 640 like Ultralytics' model info; the pruned fraction barely depends on it
+GRAD_BATCHES = 16  # training batches whose gradients rank channels for taylor / hessian at each step
 
 
 def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +43,14 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
         raise PruneError(
             "prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>"
         )
+    if cfg["prune_mode"] == "2:4":  # 2 of every 4 weights, at once: there is no amount and no gradual schedule
+        if cfg["prune"] not in (None, 0.5):
+            raise PruneError(
+                f"prune={cfg['prune']} does not apply to prune_mode=2:4 (always 50%); accepted: leave it out"
+            )
+        if schedule.get("prune_steps") not in (None, 1):
+            raise PruneError("prune_steps must be 1 with prune_mode=2:4; accepted: prune_steps=1 or leave it out")
+        cfg["prune"], schedule["prune_steps"] = 0.5, 1
     return {**cfg, **SCHEDULE_DEFAULTS, **schedule}
 
 
@@ -44,6 +64,8 @@ class PruneCallbacks:
         self.cfg = check_train_args(keys)
         self.state: dict | None = None
         self._info: dict | None = None
+        self.sparsity: BNSparsity | None = None  # proximal L1 on BN scales while steps remain
+        self.keeper: MaskKeeper | None = None  # unstructured / 2:4: keeps zeroed weights at zero
 
     # --- events ---------------------------------------------------------------------------------------------------
     def on_pretrain_routine_end(self, trainer) -> None:
@@ -66,18 +88,29 @@ class PruneCallbacks:
                 self.cfg["prune_start"],
                 self.cfg["prune_end"],
             )
+            options = options_from_cfg(self.cfg)
+            options["sensitivity"] = str(options["sensitivity"]) if options["sensitivity"] else None
             state = {
                 "prune": self.cfg["prune"],
                 "method": self.cfg["prune_method"],
                 "round": self.cfg["prune_round"],
+                "mode": self.cfg["prune_mode"],
+                "lambda": self.cfg["prune_sparsity"],
+                "options": options,
                 "schedule": schedule.epochs,
                 "base": info,
                 "done": 0,
                 "history": [],
             }
+            what = (
+                f"{state['prune']:.0%} of {info['gflops']:.2f} GFLOPs"
+                if state["mode"] == "structured"
+                else f"{state['prune']:.0%} of the weights ({state['mode']})"
+            )
             LOGGER.info(
-                f"yolo-prune: removing {state['prune']:.0%} of {info['gflops']:.2f} GFLOPs in {schedule.steps} steps "
-                f"at epochs {[e + 1 for e in schedule.epochs]} ({state['method']}, round {state['round']})"
+                f"yolo-prune: removing {what} in {schedule.steps} steps at epochs {[e + 1 for e in schedule.epochs]} "
+                f"({state['method']}, round {state['round']}"
+                + (f", sparsity lambda {state['lambda']:g})" if state["lambda"] else ")")
             )
         else:
             return
@@ -85,12 +118,35 @@ class PruneCallbacks:
         if trainer.ema is not None:
             trainer.ema.ema.prune_state = state
         self._info = model_info(model, FLOPS_IMGSZ)
+        if state.get("mode", "structured") != "structured" and state["done"]:  # resumed: masks are the zeros
+            self.keeper = MaskKeeper(model, masks_from_zeros(model, state["mode"]))
 
     def on_train_epoch_start(self, trainer) -> None:
         """Run every step scheduled at or before this epoch that has not run yet."""
         st = self.state
         while st is not None and st["done"] < len(st["schedule"]) and trainer.epoch >= st["schedule"][st["done"]]:
             self.step(trainer)
+        if st is not None:
+            self._sync_hooks(trainer)
+
+    def _sync_hooks(self, trainer) -> None:
+        """Keep the optimizer step hooks on the current optimizer: sparsity while steps remain, masks throughout."""
+        st = self.state
+        if self.keeper is not None and self.keeper.optimizer is not trainer.optimizer:
+            self.keeper.attach(trainer.optimizer)
+        want = st.get("lambda", 0.0) > 0 and st["done"] < len(st["schedule"])
+        if not want:
+            if self.sparsity is not None:
+                self.sparsity.detach()
+                self.sparsity = None
+            return
+        if self.sparsity is None or self.sparsity.optimizer is not trainer.optimizer:
+            model = unwrap_model(trainer.model)
+            exclude = ignored_modules(model, st["options"]["ignore"])
+            if self.sparsity is not None:
+                self.sparsity.detach()
+            self.sparsity = BNSparsity(penalised_norms(model, exclude), st["lambda"])
+            self.sparsity.attach(trainer.optimizer)
 
     def on_train_epoch_end(self, trainer) -> None:
         """Add params and GFLOPs to this epoch's results.csv row.
@@ -102,16 +158,19 @@ class PruneCallbacks:
             self._info = model_info(trainer.model, FLOPS_IMGSZ)
         trainer.lr["model/params_M"] = round(self._info["params"] / 1e6, 6)  # results.csv writes %.6g
         trainer.lr["model/GFLOPs"] = round(self._info["gflops"], 4)
+        if self.state and self.state.get("mode", "structured") != "structured":
+            trainer.lr["model/sparsity"] = round(sparsity(trainer.model, self.state["mode"]), 4)
 
     def on_train_end(self, trainer) -> None:
         """Before/after table of the run's pruning."""
         st = self.state
         if not st or not st["history"]:
             return
-        lines = [f"{'step':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{'reduction':>11}{'seconds':>9}"]
+        col = "reduction" if st.get("mode", "structured") == "structured" else "sparsity"
+        lines = [f"{'step':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{'seconds':>9}"]
         lines.append(f"{'start':>6}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{'':>9}")
         for h in st["history"]:
-            red = 1 - h["gflops"] / st["base"]["gflops"]
+            red = h["sparsity"] if "sparsity" in h else 1 - h["gflops"] / st["base"]["gflops"]
             lines.append(
                 f"{h['step']:>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}{h['seconds']:>9.1f}"
             )
@@ -125,29 +184,69 @@ class PruneCallbacks:
         model = unwrap_model(trainer.model)
         k, n = st["done"] + 1, len(st["schedule"])
         before = self._info or model_info(model, FLOPS_IMGSZ)
-        keep = (1 - st["prune"] * k / n) * st["base"]["gflops"]  # of the original; linear in GFLOPs
-        prepare_model(model)
-        plan = None
-        if RANK in {-1, 0}:
-            plan = plan_for_target(
-                model, prune=1 - keep / before["gflops"], method=st["method"], round_to=st["round"], imgsz=FLOPS_IMGSZ
-            )
-        plan = broadcast_plan(plan)
-        apply_step(trainer, plan)
-        check_forward(model)
+        if st.get("mode", "structured") != "structured":
+            self._sparsify_step(trainer, k, n)
+        else:
+            self._structured_step(trainer, model, k, n, before)
         self._info = after = model_info(model, FLOPS_IMGSZ)
         seconds = time.perf_counter() - t0
         st["done"] = k
-        st["history"].append({"step": k, "epoch": trainer.epoch, **after, "seconds": round(seconds, 2)})
+        record = {"step": k, "epoch": trainer.epoch, **after, "seconds": round(seconds, 2)}
+        if st.get("mode", "structured") != "structured":
+            record["sparsity"] = round(sparsity(model, st["mode"]), 4)
+        st["history"].append(record)
         # best.pt must never be an earlier, larger model: fitness tracking restarts with each step
         trainer.best_fitness = None
         trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, trainer.epoch  # 0.0: None raises TypeError
-        LOGGER.info(
-            f"yolo-prune: step {k}/{n} at epoch {trainer.epoch + 1}: params {before['params']:,} -> {after['params']:,}, "
-            f"GFLOPs {before['gflops']:.2f} -> {after['gflops']:.2f} "
-            f"({1 - after['gflops'] / st['base']['gflops']:.1%} of the original removed), {seconds:.1f}s"
+        change = (
+            f"sparsity {record['sparsity']:.1%}"
+            if "sparsity" in record
+            else f"params {before['params']:,} -> {after['params']:,}, GFLOPs {before['gflops']:.2f} -> "
+            f"{after['gflops']:.2f} ({1 - after['gflops'] / st['base']['gflops']:.1%} of the original removed)"
         )
+        LOGGER.info(f"yolo-prune: step {k}/{n} at epoch {trainer.epoch + 1}: {change}, {seconds:.1f}s")
         self._save_last(trainer)
+
+    def _structured_step(self, trainer, model, k: int, n: int, before: dict) -> None:
+        st = self.state
+        keep = (1 - st["prune"] * k / n) * st["base"]["gflops"]  # of the original; linear in GFLOPs
+        options = dict(st.get("options") or {})
+        # prune_layers ratios are of the original widths: step k takes the share that brings layer l to r*k/n
+        options["layer_ratios"] = {
+            key: 1 - (1 - r * k / n) / (1 - r * (k - 1) / n) for key, r in (options.get("layer_ratios") or {}).items()
+        }
+        prepare_model(model)
+        plan = None
+        if RANK in {-1, 0}:
+            if st["method"] in GRADIENT_METHODS:  # rank by gradients of real training batches at today's weights
+                used = accumulate_gradients(
+                    model, trainer_batches(trainer, GRAD_BATCHES), trainer_loss(trainer), GRADIENT_METHODS[st["method"]]
+                )
+                LOGGER.info(f"yolo-prune: {st['method']} importance from the gradients of {used} training batches")
+            try:
+                plan = plan_for_target(
+                    model,
+                    prune=1 - keep / before["gflops"],
+                    method=st["method"],
+                    round_to=st["round"],
+                    imgsz=FLOPS_IMGSZ,
+                    **options,
+                )
+            finally:
+                model.zero_grad(set_to_none=True)  # the first backward of the epoch must not add to these
+        plan = broadcast_plan(plan)
+        apply_step(trainer, plan)
+        check_forward(model)
+
+    def _sparsify_step(self, trainer, k: int, n: int) -> None:
+        """Unstructured / 2:4 step: zero weights (same masks on every rank: the weights are identical), mask the EMA."""
+        st = self.state
+        model = unwrap_model(trainer.model)
+        masks = sparsify(model, st["prune"] * k / n, st["mode"])
+        if trainer.ema is not None:
+            apply_masks(trainer.ema.ema, masks)
+        self.keeper = MaskKeeper(model, masks)
+        self.keeper.attach(trainer.optimizer)
 
     @staticmethod
     def _save_last(trainer) -> None:

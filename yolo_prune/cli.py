@@ -26,16 +26,45 @@ BENCHMARK_KEYS = {
     "name": "exp",
     "exist_ok": False,
 }
-TRAIN_PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end", "prune_method", "prune_round")
-PRUNE_KEYS = {"model": None, "imgsz": 640, "project": "runs/prune", "name": "exp", "exist_ok": False, **PRUNE_DEFAULTS}
+TRAIN_PLUGIN_KEYS = (*PRUNE_DEFAULTS, "prune_steps", "prune_start", "prune_end")
+PRUNE_KEYS = {
+    "model": None,
+    "imgsz": 640,
+    "data": None,  # batches for the gradient criteria (taylor, hessian)
+    "batch": 16,
+    "project": "runs/prune",
+    "name": "exp",
+    "exist_ok": False,
+    **PRUNE_DEFAULTS,
+}
+SENSITIVITY_KEYS = {
+    "model": None,
+    "data": None,
+    "ratios": "0.1,0.3,0.5",
+    "imgsz": 640,
+    "batch": 16,
+    "layers": None,
+    "prune_method": "l2",
+    "prune_round": PRUNE_DEFAULTS["prune_round"],
+    "device": "cpu",
+    "project": "runs/sensitivity",
+    "name": "exp",
+    "exist_ok": False,
+}
 
 HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...
 
   yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [prune_steps=4] [prune_start=E0] [prune_end=E1]
-      [prune_method=l2] [prune_round=16] [any 'yolo train' key]; resume=True continues an interrupted schedule
+      [prune_method=l2] [prune_round=16] [pruning keys below] [any 'yolo train' key]; resume=True continues a schedule
 
-  yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [prune_method=l2] [prune_round=16] [project=runs/prune] [name=exp]
+  yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [data=shapes] [project=runs/prune] [name=exp] [pruning keys]
       one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
+  yolo-prune sensitivity model=trained.pt data=shapes [ratios=0.1,0.3,0.5] [imgsz=640] [layers=2,4] [prune_method=l2]
+      prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png
+
+  pruning keys: prune_method=l1|l2|bn|taylor|lamp|fpgm|hessian|random|sensitivity  prune_round=16
+      prune_global=False prune_max_ratio=0.9  prune_ignore=0,22  prune_layers=ratios.yaml  prune_sparsity=0.0
+      prune_mode=structured|unstructured|2:4  prune_sensitivity=sensitivity.csv
   yolo-prune export model=pruned.pt format=onnx|openvino|engine [imgsz] [dynamic] [simplify] [nms] [quantize=16|8] [data]
       Ultralytics' exporter, then a parity check of the exported model against PyTorch (fails over the tolerance)
   yolo-prune benchmark model=pruned.pt base=original.pt [data=shapes] [imgsz=640] [formats=onnx,openvino] [device=cpu|0]
@@ -80,6 +109,16 @@ def _prune(overrides: dict[str, Any]) -> None:
     if overrides.get("model") is None:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
     prune_file(**overrides)
+
+
+def _sensitivity(overrides: dict[str, Any]) -> None:
+    from .sensitivity import sensitivity_run
+
+    check_keys(overrides, SENSITIVITY_KEYS, "sensitivity")
+    args = {**SENSITIVITY_KEYS, **overrides}
+    if not args["model"]:
+        raise PruneError("model is required; accepted: model=<.pt checkpoint>")
+    sensitivity_run(**args)
 
 
 def _train(overrides: dict[str, Any]) -> None:
@@ -158,6 +197,7 @@ MODES: dict[str, Callable[[dict[str, Any]], None]] = {
     "train": _train,
     "export": _export,
     "benchmark": _benchmark,
+    "sensitivity": _sensitivity,
 }
 
 

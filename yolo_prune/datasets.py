@@ -173,3 +173,24 @@ def is_builtin(data) -> bool:
 def resolve_data(data):
     """Built-in dataset names become their yaml path; anything else is returned unchanged."""
     return builtin_dataset(data) if is_builtin(data) else data
+
+
+def calibration_batches(data: str, imgsz: int, batch: int, n: int, model):
+    """Up to ``n`` training batches of ``data`` (a dataset yaml), augmented as in training and preprocessed like the
+    trainer does, on ``model``'s device: the input of gradient criteria outside a trainer."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    info = check_det_dataset(data)
+    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0, "cache": False})
+    dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
+    loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
+    device = next(model.parameters()).device
+    for i, b in enumerate(loader):
+        if i >= n:
+            break
+        b["img"] = b["img"].to(device).float() / 255
+        for k in ("batch_idx", "cls", "bboxes"):
+            b[k] = b[k].to(device)
+        yield b

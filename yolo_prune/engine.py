@@ -11,6 +11,8 @@ Pruning is split in two so the trainer can decide once and apply everywhere:
 from __future__ import annotations
 
 import copy
+import heapq
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,7 +28,7 @@ from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from .blocks import C2fSplit, C2PSASplit
 from .cfg import PRUNE_DEFAULTS, PruneError
-from .importance import get_importance
+from .importance import GRADIENT_METHODS, accumulate_gradients, get_importance
 
 # Ultralytics blocks the engine is verified on (YOLOv8 / YOLO11 / YOLO26 detection). Anything else from
 # ultralytics.nn is refused up front: torch-pruning would trace it, but chunk/split/view inside an unknown block can
@@ -195,34 +197,95 @@ def kept_channels(channels: int, ratio: float, round_to: int) -> int:
     return int(min(channels, max(round_to, keep)))
 
 
+def match_layer(name: str, key: int | str) -> bool:
+    """Whether module ``name`` is layer ``key`` or inside it: an Ultralytics layer index (``22`` is ``model.22``) or a
+    module name (``model.22.cv2``)."""
+    prefix = f"model.{key}" if isinstance(key, int) else str(key)
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def ignored_modules(model: nn.Module, keys) -> list[nn.Module]:
+    """Conv/linear/norm layers inside the layers named by ``prune_ignore`` keys; PruneError for a key matching none."""
+    named = list(unwrap_model(model).named_modules())
+    found: list[nn.Module] = []
+    for key in keys:
+        hits = [m for n, m in named if match_layer(n, key)]
+        if not hits:
+            last = len(unwrap_model(model).model) - 1
+            raise PruneError(
+                f"prune_ignore: {key!r} matches no layer; accepted: layer indices 0-{last} or module names like "
+                f"model.{last}.cv2"
+            )
+        found += [m for m in hits if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))]
+    return found
+
+
+def options_from_cfg(cfg: dict) -> dict:
+    """ChannelPruner / plan_for_target keyword options from validated yolo-prune keys."""
+    return {
+        "ignore": cfg.get("prune_ignore") or (),
+        "layer_ratios": cfg.get("prune_layers") or {},
+        "global_rank": bool(cfg.get("prune_global")),
+        "max_ratio": cfg.get("prune_max_ratio") or PRUNE_DEFAULTS["prune_max_ratio"],
+        "sensitivity": cfg.get("prune_sensitivity"),
+    }
+
+
 class ChannelPruner:
     """Dependency graph, coupled groups and channel ranking of one model state.
 
     Args:
         model: A prepared Ultralytics detection model (see :func:`prepare_model`).
-        method: Importance criterion name (``prune_method``).
+        method: Importance criterion name (``prune_method``). Gradient criteria read ``param.grad`` as it is now.
         round_to: Kept channel counts are multiples of this (``prune_round``).
-        ignored_layers: Extra layers whose output channels must stay intact.
+        ignored_layers: Extra modules whose output channels must stay intact.
+        ignore: ``prune_ignore`` keys (layer indices or module names) kept intact.
+        layer_ratios: ``prune_layers``: fixed channel ratios for the groups rooted in these layers.
+        global_rank: ``prune_global``: rank channels across groups instead of one ratio for all.
+        max_ratio: ``prune_max_ratio``: with ``global_rank``, the most any group may lose.
     """
 
     def __init__(
-        self, model: nn.Module, method: str = "l2", round_to: int = PRUNE_DEFAULTS["prune_round"], ignored_layers=()
+        self,
+        model: nn.Module,
+        method: str = "l2",
+        round_to: int = PRUNE_DEFAULTS["prune_round"],
+        ignored_layers=(),
+        ignore=(),
+        layer_ratios: dict | None = None,
+        global_rank: bool = False,
+        max_ratio: float = PRUNE_DEFAULTS["prune_max_ratio"],
+        **_: object,
     ):
         self.model = unwrap_model(model)
         self.round_to = int(round_to)
+        self.global_rank, self.max_ratio = global_rank, max_ratio
         self.importance = get_importance(method)
         self.graph = build_graph(self.model)
         names = self.graph._module2name
-        ignored = output_layers(self.model) + list(ignored_layers)
+        ignored = output_layers(self.model) + list(ignored_layers) + ignored_modules(self.model, ignore)
         ignored += [m for m in self.model.modules() if isinstance(m, Attention)]
-        self.groups = []  # (root name, channel ranking ascending, group)
+        self.groups = []  # (root name, channel ranking ascending, group, scores ascending)
         with tracing_mode(self.model):
             for group in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
                 imp = self.importance(group)
                 if imp is None:
                     continue
-                self.groups.append((names[group[0].dep.target.module], torch.argsort(imp.cpu()).tolist(), group))
+                imp = imp.detach().float().cpu()
+                order = torch.argsort(imp)
+                self.groups.append((names[group[0].dep.target.module], order.tolist(), group, imp[order].tolist()))
+        self.fixed: dict[int, int] = {}  # group index -> channels removed, from layer_ratios
+        for key, ratio in (layer_ratios or {}).items():
+            hits = [g for g, (name, *_) in enumerate(self.groups) if match_layer(name, key)]
+            if not hits:
+                raise PruneError(f"prune_layers: {key!r} matches no prunable layer; accepted: {self.layer_keys()}")
+            for g in hits:
+                self.fixed[g] = len(self.groups[g][1]) - kept_channels(len(self.groups[g][1]), ratio, self.round_to)
         self._flops_model = self._conv_costs()
+
+    def layer_keys(self) -> list[int]:
+        """Ultralytics layer indices that hold at least one prunable group."""
+        return sorted({int(name.split(".")[1]) for name, *_ in self.groups})
 
     def _conv_costs(self) -> dict:
         """Per-layer FLOPs terms and, per group, which layers lose input/output channels with it."""
@@ -241,7 +304,7 @@ class ChannelPruner:
         for h in hooks:
             h.remove()
         touched = []  # per group: [(layer, "out"|"in")]
-        for _, _, group in self.groups:
+        for _, _, group, _ in self.groups:
             layers = []
             for dep, _ in group:
                 m = dep.target.module
@@ -272,14 +335,29 @@ class ChannelPruner:
         return total
 
     def _removed(self, ratio: float) -> list[int]:
-        return [len(order) - kept_channels(len(order), ratio, self.round_to) for _, order, _ in self.groups]
+        return [
+            self.fixed.get(g, len(order) - kept_channels(len(order), ratio, self.round_to))
+            for g, (_, order, *_) in enumerate(self.groups)
+        ]
 
     def plan(self, ratio: float | None = None, flops_fraction: float | None = None) -> PrunePlan:
-        """Plan a prune at a per-layer channel ``ratio``, or to keep ``flops_fraction`` of the current GFLOPs."""
-        removed = self._removed(ratio) if flops_fraction is None else self.removed_for_flops(flops_fraction)
-        groups = [(name, sorted(order[:n])) for (name, order, _), n in zip(self.groups, removed) if n > 0]
+        """Plan a prune at a per-layer channel ``ratio``, or to keep ``flops_fraction`` of the current GFLOPs.
+
+        With neither, only the fixed per-layer ratios (``layer_ratios``) are planned.
+        """
+        if ratio is None and flops_fraction is None:
+            removed = [self.fixed.get(g, 0) for g in range(len(self.groups))]
+        elif self.global_rank:
+            removed = self.removed_global(ratio, flops_fraction)
+        else:
+            removed = self._removed(ratio) if flops_fraction is None else self.removed_for_flops(flops_fraction)
+        return self.plan_removed(removed)
+
+    def plan_removed(self, removed: list[int]) -> PrunePlan:
+        """The plan that removes the ``removed[g]`` least important channels of each group ``g``."""
+        groups = [(name, sorted(order[:n])) for (name, order, *_), n in zip(self.groups, removed) if n > 0]
         est = self.estimate_flops(removed) / self.estimate_flops([0] * len(removed))
-        total = sum(len(order) for _, order, _ in self.groups)
+        total = sum(len(order) for _, order, *_ in self.groups)
         return PrunePlan(groups=groups, ratio=sum(removed) / max(total, 1), est_flops_fraction=est)
 
     def removed_for_flops(self, flops_fraction: float) -> list[int]:
@@ -288,7 +366,8 @@ class ChannelPruner:
         torch-pruning only takes channel ratios, and GFLOPs fall roughly with the square of the kept width. A uniform
         ratio is searched first on the analytic estimate (no copy, no re-trace); with ``round_to`` it moves in coarse
         steps on small models, so the remaining gap is closed one rounding unit at a time, always in the group that is
-        currently pruned least, which keeps the allocation as close to uniform as the rounding allows.
+        currently pruned least, which keeps the allocation as close to uniform as the rounding allows. Groups with a
+        fixed ratio (``layer_ratios``) keep it.
         """
         base = self.estimate_flops([0] * len(self.groups))
         frac = lambda removed: self.estimate_flops(removed) / base  # noqa: E731
@@ -297,10 +376,14 @@ class ChannelPruner:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if frac(self._removed(mid)) > flops_fraction else (lo, mid)
         removed = self._removed(lo)
-        sizes = [len(order) for _, order, _ in self.groups]
+        sizes = [len(order) for _, order, *_ in self.groups]
         current = frac(removed)
         while current > flops_fraction:
-            room = [g for g, (n, c) in enumerate(zip(removed, sizes)) if c - n - self.round_to >= self.round_to]
+            room = [
+                g
+                for g, (n, c) in enumerate(zip(removed, sizes))
+                if g not in self.fixed and c - n - self.round_to >= self.round_to
+            ]
             if not room:
                 break
             g = min(room, key=lambda g: (removed[g] / sizes[g], -sizes[g]))
@@ -310,6 +393,42 @@ class ChannelPruner:
             if new <= flops_fraction and flops_fraction - new > current - flops_fraction:
                 break  # one more unit overshoots by more than it closes
             removed, current = trial, new
+        return removed
+
+    def removed_global(self, ratio: float | None = None, flops_fraction: float | None = None) -> list[int]:
+        """Channels to remove per group, ranked across all groups (``prune_global``).
+
+        Channels go in rounding units, least important unit first over the whole model (a heap of each group's next
+        unit, scored by its mean importance), until ``ratio`` of all channels or the GFLOPs fraction is reached. No
+        group loses more than ``max_ratio`` of its channels or keeps fewer than ``round_to``. torch-pruning's
+        ``global_pruning`` works on ratios only and has no rounding to multiples, hence this loop.
+        """
+        sizes = [len(order) for _, order, *_ in self.groups]
+        removed = [self.fixed.get(g, 0) for g in range(len(sizes))]
+        r = self.round_to
+
+        def next_level(g: int) -> int | None:
+            """Removed count after group g's next unit, keeping the kept count a multiple of round_to."""
+            size, n = sizes[g], removed[g]
+            kept = (size - n - 1) // r * r if (size - n) % r == 0 else (size - n) // r * r
+            keep_min = max(r, math.ceil((1 - self.max_ratio) * size / r) * r)
+            return size - kept if size > r and kept >= keep_min else None
+
+        heap = []
+        for g in range(len(sizes)):
+            if g not in self.fixed and (lvl := next_level(g)) is not None:
+                heapq.heappush(heap, (sum(self.groups[g][3][removed[g] : lvl]) / (lvl - removed[g]), g, lvl))
+        base = self.estimate_flops([0] * len(sizes))
+        target_channels = ratio * sum(sizes) if ratio is not None else None
+        while heap:
+            if target_channels is not None and sum(removed) >= target_channels:
+                break
+            if flops_fraction is not None and self.estimate_flops(removed) / base <= flops_fraction:
+                break
+            _, g, lvl = heapq.heappop(heap)
+            removed[g] = lvl
+            if (lvl := next_level(g)) is not None:
+                heapq.heappush(heap, (sum(self.groups[g][3][removed[g] : lvl]) / (lvl - removed[g]), g, lvl))
         return removed
 
     def apply(self, plan: PrunePlan) -> None:
@@ -373,13 +492,29 @@ def plan_for_target(
     round_to: int = PRUNE_DEFAULTS["prune_round"],
     imgsz: int = 640,
     ignored_layers=(),
+    **options,
 ) -> PrunePlan:
     """Plan a prune of ``model`` (prepared) that removes the fraction ``prune`` of its GFLOPs, or uses ``ratio``.
 
-    For a GFLOPs target the estimate is checked against Ultralytics' counter on a pruned copy and re-aimed up to twice,
-    since non-conv ops and rounding shift the real figure by a point or two.
+    ``options`` are :class:`ChannelPruner`'s (``ignore``, ``layer_ratios``, ``global_rank``, ``max_ratio``) and
+    ``sensitivity`` (a sensitivity.csv, for ``method="sensitivity"``). With neither ``prune`` nor ``ratio``, only the
+    fixed ``layer_ratios`` are planned. For a GFLOPs target the estimate is checked against Ultralytics' counter on a
+    pruned copy and re-aimed up to twice, since non-conv ops and rounding shift the real figure by a point or two.
     """
-    pruner = ChannelPruner(model, method=method, round_to=round_to, ignored_layers=ignored_layers)
+    if method in GRADIENT_METHODS and not any(p.grad is not None for p in model.parameters()):
+        raise PruneError(
+            f"prune_method={method} ranks channels by gradients, and none were accumulated; accepted: pass data= "
+            f"(one-shot) or prune while training"
+        )
+    pruner = ChannelPruner(model, method=method, round_to=round_to, ignored_layers=ignored_layers, **options)
+    if method == "sensitivity":
+        from .sensitivity import removed_for_target  # the sensitivity table allocates the per-layer ratios
+
+        if prune is None:
+            raise PruneError("prune_method=sensitivity plans for a GFLOPs target; accepted: prune=<0-1>")
+        plan = pruner.plan_removed(removed_for_target(pruner, options.get("sensitivity"), 1.0 - prune))
+        plan.est_flops_fraction = get_flops(apply_plan(copy.deepcopy(model), plan), imgsz) / get_flops(model, imgsz)
+        return plan
     if prune is None:
         return pruner.plan(ratio=ratio)
     base = get_flops(model, imgsz)
@@ -399,6 +534,22 @@ def plan_for_target(
     return plan
 
 
+def detection_loss(model: nn.Module):
+    """``batch -> scalar loss`` of an Ultralytics model, for gradient criteria outside a trainer.
+
+    Checkpoints carry ``args`` as a dict, while the loss reads hyperparameters (box, cls, dfl) as attributes.
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.utils import IterableSimpleNamespace
+
+    if not hasattr(model.args, "box"):
+        saved = model.args if isinstance(model.args, dict) else {}
+        model.args = IterableSimpleNamespace(
+            **{**DEFAULT_CFG_DICT, **{k: v for k, v in saved.items() if k in DEFAULT_CFG_DICT}}
+        )
+    return lambda batch: model.loss(batch)[0].sum()
+
+
 def prune_model(
     model: nn.Module,
     prune: float | None = None,
@@ -407,6 +558,8 @@ def prune_model(
     round_to: int = PRUNE_DEFAULTS["prune_round"],
     imgsz: int = 640,
     ignored_layers=(),
+    batches=None,
+    **options,
 ) -> PrunePlan:
     """Prune an Ultralytics detection model in place; returns the plan that was applied.
 
@@ -414,15 +567,27 @@ def prune_model(
         model: ``DetectionModel`` (or a ``YOLO`` wrapper's ``.model``), built from a yaml or loaded from a .pt.
         prune: Fraction of GFLOPs to remove (0 < prune < 1), measured at ``imgsz``.
         ratio: Plain per-layer channel ratio instead of ``prune``.
-        method: Importance criterion (``l1``, ``l2``, ...).
+        method: Importance criterion (``l1``, ``l2``, ``bn``, ``taylor``, ``lamp``, ``fpgm``, ``hessian``, ``random``,
+            ``sensitivity``).
         round_to: Kept channel counts are multiples of this.
+        batches: Training batches (Ultralytics batch dicts, preprocessed) for ``taylor`` / ``hessian``.
+        options: ``ignore``, ``layer_ratios``, ``global_rank``, ``max_ratio``, ``sensitivity`` (see ChannelPruner).
     """
-    if (prune is None) == (ratio is None):
-        raise PruneError("prune: give exactly one of prune=<GFLOPs fraction> or prune_ratio=<channel ratio>")
+    if prune is not None and ratio is not None:
+        raise PruneError("prune: give one of prune=<GFLOPs fraction> or prune_ratio=<channel ratio>, not both")
+    if prune is None and ratio is None and not options.get("layer_ratios"):
+        raise PruneError("prune: give prune=<GFLOPs fraction>, prune_ratio=<channel ratio> or prune_layers")
     model = unwrap_model(getattr(model, "model", model) if not isinstance(model, DetectionModel) else model)
     check_supported(model)
     prepare_model(model)
-    plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers)
+    if method in GRADIENT_METHODS and batches is not None:
+        args, criterion = model.args, getattr(model, "criterion", None)
+        accumulate_gradients(model, batches, detection_loss(model), GRADIENT_METHODS[method])
+        model.args, model.criterion = args, criterion  # leave the checkpoint's args as they were
+    try:
+        plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers, **options)
+    finally:
+        model.zero_grad(set_to_none=True)
     apply_plan(model, plan)
     check_forward(model)
     return plan

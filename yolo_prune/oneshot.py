@@ -17,7 +17,12 @@ from ultralytics.utils.files import increment_path
 from . import __version__
 from .cfg import PruneError, check_prune_args
 from .checkpoint import atomic_write_bytes, load_model, save_checkpoint
-from .engine import check_supported, layer_widths, model_info, prepare_model, prune_model
+from .datasets import calibration_batches, resolve_data
+from .engine import check_supported, layer_widths, model_info, options_from_cfg, prepare_model, prune_model
+from .importance import GRADIENT_METHODS
+from .unstructured import compressed_mb, sparsify, sparsity
+
+GRAD_BATCHES = 16  # batches whose gradients rank channels for taylor / hessian
 
 
 def peak_rss_mb() -> float:
@@ -36,6 +41,8 @@ def check_imgsz(imgsz: Any) -> int:
 def prune_file(
     model: str | Path,
     imgsz: int = 640,
+    data: str | None = None,
+    batch: int = 16,
     project: str | Path = "runs/prune",
     name: str = "exp",
     exist_ok: bool = False,
@@ -43,12 +50,17 @@ def prune_file(
 ) -> dict[str, Any]:
     """Prune ``model`` (yaml or .pt) once and save it; returns the summary that was written.
 
-    ``prune_args`` are yolo-prune keys (``prune``, ``prune_ratio``, ``prune_method``, ``prune_round``). Everything is
-    validated before anything is written, and the two outputs are written atomically, so bad input leaves no files.
+    ``prune_args`` are yolo-prune keys (``prune``, ``prune_ratio``, ``prune_method``, ...). ``data`` gives the batches
+    that gradient criteria (``taylor``, ``hessian``) rank by. In ``prune_mode=unstructured`` ``prune`` (or
+    ``prune_ratio``) is the fraction of weights zeroed. Everything is validated before anything is written, and the
+    two outputs are written atomically, so bad input leaves no files.
     """
     cfg = check_prune_args(prune_args)
-    if cfg["prune"] is None and cfg["prune_ratio"] is None:
+    mode = cfg["prune_mode"]
+    if mode != "2:4" and cfg["prune"] is None and cfg["prune_ratio"] is None and not cfg["prune_layers"]:
         raise PruneError("prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1> or prune_ratio=<0-1>")
+    if cfg["prune_method"] in GRADIENT_METHODS and mode == "structured" and not data:
+        raise PruneError(f"prune_method={cfg['prune_method']} ranks by gradients; accepted: add data=<dataset>")
     imgsz = check_imgsz(imgsz)
     yolo = load_model(model)
     net = yolo.model
@@ -57,20 +69,34 @@ def prune_file(
     before, widths_before = model_info(net, imgsz), layer_widths(net)
 
     t0 = time.perf_counter()
-    plan = prune_model(
-        net,
-        prune=cfg["prune"],
-        ratio=cfg["prune_ratio"],
-        method=cfg["prune_method"],
-        round_to=cfg["prune_round"],
-        imgsz=imgsz,
-    )
+    extra: dict[str, Any] = {}
+    if mode == "structured":
+        batches = None
+        if cfg["prune_method"] in GRADIENT_METHODS:
+            batches = calibration_batches(resolve_data(data), imgsz, batch, GRAD_BATCHES, net)
+        plan = prune_model(
+            net,
+            prune=cfg["prune"],
+            ratio=cfg["prune_ratio"],
+            method=cfg["prune_method"],
+            round_to=cfg["prune_round"],
+            imgsz=imgsz,
+            batches=batches,
+            **options_from_cfg(cfg),
+        )
+        channel_ratio = plan.ratio
+    else:
+        amount = cfg["prune"] if cfg["prune"] is not None else cfg["prune_ratio"]
+        sparsify(net, amount or 0.5, mode)
+        channel_ratio = 0.0
+        extra = {"sparsity": round(sparsity(net, mode), 4), "compressed_mb": round(compressed_mb(net), 3)}
     elapsed = time.perf_counter() - t0
     after, widths_after = model_info(net, imgsz), layer_widths(net)
 
     summary = {
         "model": str(model),
         "method": cfg["prune_method"],
+        "mode": mode,
         "target": {"prune": cfg["prune"], "prune_ratio": cfg["prune_ratio"]},
         "prune_round": cfg["prune_round"],
         "imgsz": imgsz,
@@ -79,7 +105,8 @@ def prune_file(
         "gflops_before": round(before["gflops"], 4),
         "gflops_after": round(after["gflops"], 4),
         "gflops_reduction": round(1 - after["gflops"] / before["gflops"], 4),
-        "channel_ratio": round(plan.ratio, 4),
+        "channel_ratio": round(channel_ratio, 4),
+        **extra,
         "elapsed_s": round(elapsed, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "layers": {k: [widths_before[k], widths_after[k]] for k in widths_before},
@@ -105,6 +132,8 @@ def format_table(s: dict[str, Any]) -> str:
         ("params", f"{s['params_before']:,}", f"{s['params_after']:,}", s["params_after"] / s["params_before"] - 1),
         (f"GFLOPs@{s['imgsz']}", f"{s['gflops_before']:.2f}", f"{s['gflops_after']:.2f}", -s["gflops_reduction"]),
     ]
+    if "sparsity" in s:
+        rows.append(("sparsity", "0.0%", f"{s['sparsity']:.1%}", s["sparsity"]))
     lines = [f"{'':<12}{'before':>14}{'after':>14}{'change':>10}"]
     lines += [f"{k:<12}{b:>14}{a:>14}{c:>+10.1%}" for k, b, a, c in rows]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 
+import torch
 import torch.distributed as dist
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
@@ -114,3 +115,24 @@ def broadcast_plan(plan: PrunePlan | None) -> PrunePlan:
         dist.broadcast_object_list(box, src=0)
         plan = box[0]
     return plan
+
+
+def trainer_batches(trainer, n: int):
+    """Up to ``n`` preprocessed batches from the trainer's own train loader (for gradient criteria).
+
+    The loader is infinite (a repeating sampler), so taking batches here only shifts where the next epoch starts.
+    """
+    it = iter(trainer.train_loader)
+    for _ in range(min(n, len(trainer.train_loader))):
+        yield trainer.preprocess_batch(next(it))
+
+
+def trainer_loss(trainer):
+    """``batch -> scalar loss`` of the unwrapped model (no DDP gradient sync), under the trainer's autocast."""
+    model = unwrap_model(trainer.model)
+
+    def loss(batch):
+        with torch.autocast(device_type=trainer.device.type, enabled=bool(trainer.amp)):
+            return model(batch)[0].sum()
+
+    return loss

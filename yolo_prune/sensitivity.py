@@ -1,0 +1,249 @@
+"""Sensitivity analysis: prune each layer alone at several ratios, validate, and chart the mAP drop per layer.
+
+``yolo-prune sensitivity model=... data=... ratios=0.1,0.3,0.5`` writes ``sensitivity.csv`` and ``sensitivity.png``;
+``prune_method=sensitivity prune_sensitivity=<csv>`` then gives each layer the ratio that costs the least mAP per
+GFLOP saved (:func:`removed_for_target`). The unit is an Ultralytics layer index (``model.<i>``): every coupled group
+rooted there is pruned together, which is the granularity ``prune_layers`` and ``prune_ignore`` use too.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from ultralytics.utils import LOGGER, TQDM
+from ultralytics.utils.files import increment_path
+
+from .cfg import PRUNE_DEFAULTS, PruneError
+from .checkpoint import atomic_write_bytes
+from .engine import ChannelPruner, apply_plan, check_supported, kept_channels, match_layer, model_info, prepare_model
+
+COLUMNS = ("layer", "ratio", "channels_removed", "params", "gflops", "map50", "map50_95", "drop")
+
+
+def check_ratios(ratios: Any) -> list[float]:
+    """``ratios=0.1,0.3,0.5`` (a tuple once parsed), a list, or one number; each 0 < r < 1."""
+    items = ratios.split(",") if isinstance(ratios, str) else ratios if isinstance(ratios, (list, tuple)) else [ratios]
+    try:
+        out = sorted({float(r) for r in items})
+    except (TypeError, ValueError):
+        out = []
+    if not out or any(not 0 < r < 1 for r in out):
+        raise PruneError(
+            f"ratios={ratios!r} is invalid; accepted: channel ratios 0-1, comma-separated, e.g. 0.1,0.3,0.5"
+        )
+    return out
+
+
+class Validator:
+    """mAP of in-memory models on one dataset, reusing Ultralytics' DetectionValidator and its dataloader."""
+
+    def __init__(self, data: str, imgsz: int, batch: int, device: str = "cpu"):
+        from ultralytics.models.yolo.detect import DetectionValidator
+
+        args = {"data": data, "imgsz": imgsz, "batch": batch, "device": device, "plots": False, "verbose": False}
+        self.validator = DetectionValidator(args=args)
+
+    def __call__(self, model: nn.Module) -> tuple[float, float]:
+        """(mAP50, mAP50-95) of a copy of ``model`` (the validator fuses what it gets)."""
+        m = copy.deepcopy(model).float().eval()
+        level = LOGGER.level
+        LOGGER.setLevel(logging.WARNING)  # one progress bar for the whole analysis, not a table per validation
+        try:
+            stats = self.validator(model=m)
+        finally:
+            LOGGER.setLevel(level)
+        return float(stats["metrics/mAP50(B)"]), float(stats["metrics/mAP50-95(B)"])
+
+
+def layer_plan(pruner: ChannelPruner, layer: int, ratio: float) -> list[int]:
+    """Channels removed per group when only ``layer`` is pruned, at channel ratio ``ratio``."""
+    return [
+        len(order) - kept_channels(len(order), ratio, pruner.round_to) if match_layer(name, layer) else 0
+        for name, order, *_ in pruner.groups
+    ]
+
+
+def sensitivity(
+    model: nn.Module,
+    data: str,
+    ratios=(0.1, 0.3, 0.5),
+    imgsz: int = 640,
+    batch: int = 16,
+    layers=None,
+    method: str = "l2",
+    round_to: int = PRUNE_DEFAULTS["prune_round"],
+    device: str = "cpu",
+    save_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Prune each layer alone at each ratio, validate, and return one row per (layer, ratio) plus the baseline.
+
+    Writes ``sensitivity.csv`` and ``sensitivity.png`` to ``save_dir`` when given.
+    """
+    check_supported(model)
+    prepare_model(model)
+    ratios = check_ratios(ratios)
+    pruner = ChannelPruner(model, method=method, round_to=round_to)
+    units = pruner.layer_keys()
+    if layers is not None:
+        wanted = [int(x) for x in (layers if isinstance(layers, (list, tuple)) else [layers])]
+        bad = [x for x in wanted if x not in units]
+        if bad:
+            raise PruneError(f"layers={bad[0]} has no prunable channels; accepted: {','.join(map(str, units))}")
+        units = wanted
+    val = Validator(data, imgsz, batch, device)
+    info = model_info(model, imgsz)
+    map50, base = val(model)
+    rows = [
+        {"layer": "none", "ratio": 0.0, "channels_removed": 0, **info, "map50": map50, "map50_95": base, "drop": 0.0}
+    ]
+    for layer, ratio in TQDM([(u, r) for u in units for r in ratios], desc="yolo-prune sensitivity"):
+        removed = layer_plan(pruner, layer, ratio)
+        if not any(removed):  # too few channels to remove one rounding unit at this ratio
+            continue
+        pruned = apply_plan(copy.deepcopy(model), pruner.plan_removed(removed))
+        m50, m = val(pruned)
+        rows.append(
+            {"layer": layer, "ratio": ratio, "channels_removed": sum(removed), **model_info(pruned, imgsz),
+             "map50": m50, "map50_95": m, "drop": base - m}
+        )  # fmt: skip
+    if save_dir is not None:
+        write(rows, Path(save_dir))
+    return rows
+
+
+def write(rows: list[dict[str, Any]], save_dir: Path) -> None:
+    """sensitivity.csv and sensitivity.png (mAP50-95 drop per layer, one line per ratio), each written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()})
+    atomic_write_bytes(save_dir / "sensitivity.csv", buf.getvalue().encode())
+
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=120)
+    for ratio in sorted({r["ratio"] for r in rows if r["layer"] != "none"}):
+        pts = [(r["layer"], r["drop"]) for r in rows if r["layer"] != "none" and r["ratio"] == ratio]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"ratio {ratio:g}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(
+        xlabel="layer (model.<i>)",
+        ylabel="mAP50-95 drop",
+        title=f"Sensitivity (baseline mAP50-95 {rows[0]['map50_95']:.3f})",
+    )
+    ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    atomic_write_bytes(save_dir / "sensitivity.png", png.getvalue())
+
+
+def read_table(path: str | Path) -> dict[int, dict[float, float]]:
+    """{layer: {ratio: mAP50-95 drop}} from a sensitivity.csv."""
+    path = Path(path)
+    try:
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r["layer"] != "none"]
+        table: dict[int, dict[float, float]] = {}
+        for r in rows:
+            table.setdefault(int(r["layer"]), {})[float(r["ratio"])] = float(r["drop"])
+    except (OSError, KeyError, ValueError) as e:
+        raise PruneError(f"prune_sensitivity={str(path)!r} is not a sensitivity.csv ({type(e).__name__})") from None
+    return table
+
+
+def removed_for_target(pruner: ChannelPruner, path: str | Path, flops_fraction: float) -> list[int]:
+    """Per-group removals that reach ``flops_fraction`` of the GFLOPs at the least summed mAP drop.
+
+    Greedy on the table: from no pruning, repeatedly move the layer whose next ratio costs the least drop per unit of
+    GFLOPs saved, until the analytic estimate reaches the target. Layers missing from the table stay intact.
+    """
+    table = {k: v for k, v in read_table(path).items() if k in pruner.layer_keys()}
+    if not table:
+        raise PruneError(
+            f"prune_sensitivity={str(path)!r} has no layer of this model; run 'yolo-prune sensitivity' on it"
+        )
+    base = pruner.estimate_flops([0] * len(pruner.groups))
+    level = {k: 0.0 for k in table}
+    drop = {k: 0.0 for k in table}
+
+    def removed_at(levels: dict[int, float]) -> list[int]:
+        out = [0] * len(pruner.groups)
+        for layer, ratio in levels.items():
+            if ratio > 0:
+                out = [max(a, b) for a, b in zip(out, layer_plan(pruner, layer, ratio))]
+        return out
+
+    current = pruner.estimate_flops(removed_at(level)) / base
+    while current > flops_fraction:
+        best = None
+        for layer, ratios in table.items():
+            nxt = [r for r in sorted(ratios) if r > level[layer]]
+            if not nxt:
+                continue
+            r = nxt[0]
+            trial = {**level, layer: r}
+            frac = pruner.estimate_flops(removed_at(trial)) / base
+            saved = current - frac
+            if saved <= 0:
+                level[layer] = r  # no GFLOPs at this ratio (rounding): skip over it
+                continue
+            cost = (max(ratios[r], 0.0) - drop[layer] + 1e-4) / saved
+            if best is None or cost < best[0]:
+                best = (cost, layer, r, frac)
+        if best is None:
+            LOGGER.warning(f"yolo-prune: the sensitivity table's largest ratios reach {current:.1%} of the GFLOPs only")
+            break
+        _, layer, r, current = best
+        level[layer], drop[layer] = r, max(table[layer][r], 0.0)
+    LOGGER.info(f"yolo-prune: sensitivity ratios { ({k: v for k, v in level.items() if v}) }")
+    return removed_at(level)
+
+
+def sensitivity_run(
+    model: str | Path,
+    data: str,
+    ratios=(0.1, 0.3, 0.5),
+    imgsz: int = 640,
+    batch: int = 16,
+    layers=None,
+    prune_method: str = "l2",
+    prune_round: int = PRUNE_DEFAULTS["prune_round"],
+    device: str = "cpu",
+    project: str | Path = "runs/sensitivity",
+    name: str = "exp",
+    exist_ok: bool = False,
+) -> Path:
+    """``yolo-prune sensitivity``: load ``model``, run :func:`sensitivity`, save under ``project/name``; returns the dir."""
+    from .checkpoint import load_model
+    from .datasets import resolve_data
+    from .oneshot import check_imgsz
+
+    check_ratios(ratios)
+    imgsz = check_imgsz(imgsz)
+    if not data:
+        raise PruneError("data is required; accepted: data=<dataset yaml or built-in name, e.g. shapes>")
+    data = resolve_data(data)
+    net = load_model(model).model
+    save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
+    rows = sensitivity(net, data, ratios, imgsz, batch, layers, prune_method, prune_round, device, save_dir=save_dir)
+    worst = max(rows[1:], key=lambda r: r["drop"], default=None)
+    if worst:
+        LOGGER.info(
+            f"yolo-prune: most sensitive: layer {worst['layer']} at ratio {worst['ratio']} (drop {worst['drop']:.3f})"
+        )
+    LOGGER.info(f"yolo-prune: sensitivity of {len(rows) - 1} prunes -> {save_dir / 'sensitivity.csv'}")
+    return save_dir
