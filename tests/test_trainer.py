@@ -107,6 +107,22 @@ def test_training_still_learns_after_a_step(tmp_path, tiny_data):
     assert sum(after[-3:]) / 3 < after[0] * 0.8, after  # ...and the rebuilt optimizer wins it back
 
 
+def test_ema_keeps_following_the_model_after_a_step(tmp_path, tiny_data):
+    """Ultralytics' ModelEMA caches its tensor pairs on the first update: a stale cache would freeze the EMA (which is
+    what validation and checkpoints use) at the prune, while the live model trains on."""
+    trainer, cb = make_trainer(tmp_path, tiny_data)
+    batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    fit(trainer, batch, 3)  # EMA updates before the step
+    cb.on_train_epoch_start(trainer)
+    snap = {k: v.clone() for k, v in trainer.ema.ema.state_dict().items() if v.is_floating_point()}
+    fit(trainer, batch, 3)
+    ema, live = trainer.ema.ema.state_dict(), trainer.model.state_dict()
+    moved = [k for k in snap if not torch.equal(ema[k], snap[k])]
+    assert len(moved) > 0.9 * len(snap), f"{len(moved)}/{len(snap)} EMA tensors moved"
+    w = "model.2.cv2.conv.weight"  # a pruned layer: the EMA lerps towards the live weights
+    assert (ema[w] - live[w]).abs().sum() < (snap[w] - live[w]).abs().sum()
+
+
 def test_nan_recovery_reloads_pruned_last_pt(stepped):
     trainer, _, _ = stepped
     assert trainer.last.exists()  # written right after the step

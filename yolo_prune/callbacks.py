@@ -27,7 +27,7 @@ from .engine import (
 from .importance import GRADIENT_METHODS, accumulate_gradients
 from .schedule import make_schedule
 from .sparsity import BNSparsity, penalised_norms
-from .trainer import apply_step, broadcast_plan, trainer_batches, trainer_loss
+from .trainer import apply_step, broadcast_plan, renew_ema, trainer_batches, trainer_loss
 from .unstructured import MaskKeeper, apply_masks, masks_from_zeros, sparsify, sparsity
 
 SCHEDULE_DEFAULTS: dict[str, Any] = {"prune_steps": None, "prune_start": None, "prune_end": None}
@@ -245,6 +245,7 @@ class PruneCallbacks:
         masks = sparsify(model, st["prune"] * k / n, st["mode"])
         if trainer.ema is not None:
             apply_masks(trainer.ema.ema, masks)
+            trainer.ema = renew_ema(trainer.ema, model)  # prune.remove swapped weight storage: drop cached pairs
         self.keeper = MaskKeeper(model, masks)
         self.keeper.attach(trainer.optimizer)
 

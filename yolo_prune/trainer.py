@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import LOGGER
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from .blocks import C2fSplit, C2PSASplit
 from .cfg import PruneError
@@ -65,9 +65,23 @@ def apply_step(trainer, plan: PrunePlan) -> None:
     if trainer.ema is not None:
         apply_plan(trainer.ema.ema, plan)
         trainer.ema.ema.prune_state = getattr(model, "prune_state", None)
+        trainer.ema = renew_ema(trainer.ema, model)
     if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
         trainer.model = rewrap_ddp(trainer.model)
     rebuild_optimizer(trainer)
+
+
+def renew_ema(ema: ModelEMA, model: nn.Module) -> ModelEMA:
+    """A ModelEMA around the already pruned average ``ema.ema``, with the same update count.
+
+    Ultralytics 8.4's ``ModelEMA.update`` caches (EMA tensor, model tensor) pairs on its first call; after a prune both
+    sides are new tensors, so the old object would keep lerping the discarded ones and the EMA (used for validation and
+    every checkpoint) would freeze at the prune. A new object has no cache; its ``ema`` is swapped for the pruned
+    average so the running average survives.
+    """
+    new = ModelEMA(model, updates=ema.updates)
+    new.ema, new.enabled, new.decay = ema.ema, ema.enabled, ema.decay
+    return new
 
 
 def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:

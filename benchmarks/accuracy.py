@@ -1,0 +1,289 @@
+"""Accuracy benchmark: does pruning beat training a smaller model at the same cost?
+
+Usage:
+  python benchmarks/accuracy.py                               # quick profile, ~45 min on a 2-core CPU
+  python benchmarks/accuracy.py --profile full --device 0     # small models, shapes-2000 at 320, for a GPU
+  python benchmarks/accuracy.py --levers                      # row B under each lever; writes accuracy_levers_*
+  python benchmarks/accuracy.py --families yolo11 --rows B --recipe prune_method=taylor   # any yolo-prune key
+
+Per family (yolo11, yolo26), on the same built-in data and the same total epoch budget of 2E epochs:
+  A0  the trained model a user starts from: E epochs from scratch (not a row; A-C start from it)
+  A   reference: A0 trained E more epochs, unpruned
+  B   A0 pruned to ~50% of its GFLOPs by the plugin's default recipe (steps between epochs) while training E epochs
+  C   naive: one-shot L2 magnitude prune of A0, then E epochs of fine-tuning
+  D   the same yaml at a smaller width multiplier (>= B's GFLOPs), trained from scratch for all 2E epochs
+Columns: params, GFLOPs@640, mAP50, mAP50-95 (val split, profile imgsz), ONNX Runtime CPU latency (batch 1, profile
+imgsz), training seconds. Writes benchmarks/results/accuracy_<profile>.{csv,md,json,png} with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+from results_io import RESULTS, header, save
+
+PROFILES = {
+    # nbs = batch: Ultralytics' nbs=64 would accumulate 4 batches and leave ~16 optimizer steps per epoch here
+    "quick": {"scale": "n", "data": "shapes-1000", "imgsz": 160, "epochs": 8, "batch": 16, "nbs": 16, "runs": 100},
+    "full": {"scale": "s", "data": "shapes-2000", "imgsz": 320, "epochs": 30, "batch": 32, "nbs": 64, "runs": 200},
+    "smoke": {"scale": "n", "data": "shapes-16", "imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "runs": 5},  # wiring
+}
+TARGET = 0.5  # fraction of GFLOPs removed in rows B, C and matched by D
+LEVERS = {  # name -> yolo-prune keys / train keys for row B (added to --recipe)
+    "default": {},
+    "steps1": {"prune_steps": 1, "prune_start": 0},
+    "steps2": {"prune_steps": 2},
+    "round8": {"prune_round": 8},
+    "warmup0": {"warmup_epochs": 0},
+    "lr_half": {"optimizer": "AdamW", "lr0": 0.0005},
+    "l1": {"prune_method": "l1"},
+    "taylor": {"prune_method": "taylor"},
+    "bn_sparsity": {"prune_method": "bn", "prune_sparsity": 0.5},
+    "lamp_global": {"prune_method": "lamp", "prune_global": True},
+    "random": {"prune_method": "random"},
+    # second round: the first showed that a late last step leaves too few epochs to recover
+    "early4": {"prune_steps": 4, "prune_start": 1, "prune_end": 4},
+    "steps1_taylor": {"prune_steps": 1, "prune_start": 0, "prune_method": "taylor"},
+    "steps1_lamp_global": {"prune_steps": 1, "prune_start": 0, "prune_method": "lamp", "prune_global": True},
+    "steps1_warmup0": {"prune_steps": 1, "prune_start": 0, "warmup_epochs": 0},
+    "early4_bn_sparsity": {
+        "prune_steps": 4,
+        "prune_start": 1,
+        "prune_end": 4,
+        "prune_method": "bn",
+        "prune_sparsity": 2.0,
+    },
+}
+PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end")  # + every key of yolo_prune.cfg.PRUNE_DEFAULTS
+
+
+def width_yaml(family: str, scale: str, gflops: float, imgsz: int, out: Path) -> tuple[Path, float]:
+    """Write a yaml of ``family`` at the smallest width multiplier whose GFLOPs@640 are >= ``gflops``."""
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+    from ultralytics.utils.torch_utils import get_flops
+
+    cfg = yaml_model_load(f"{family}{scale}.yaml")
+    depth, width, max_ch = cfg["scales"][scale]
+
+    def build(w: float) -> dict:
+        c = copy.deepcopy(cfg)
+        c["scales"], c["scale"] = {scale: [depth, w, max_ch]}, scale
+        c.pop("yaml_file", None)
+        return c
+
+    lo, hi = width * 0.3, width
+    for _ in range(12):  # GFLOPs grow with width; channels round to multiples of 8, so this is a step function
+        mid = (lo + hi) / 2
+        g = get_flops(DetectionModel(build(mid), nc=6, verbose=False), 640)
+        lo, hi = (mid, hi) if g < gflops else (lo, mid)
+    w = round(hi, 4)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(build(w), sort_keys=False))
+    return out, w
+
+
+def onnx_latency(weights: Path, imgsz: int, runs: int) -> float:
+    """Median ONNX Runtime CPU latency (ms) at batch 1, with yolo-prune's benchmark runner."""
+    import torch
+    from ultralytics import YOLO
+
+    from yolo_prune.benchmark import _runner, time_runs
+
+    f = YOLO(str(weights)).export(format="onnx", imgsz=imgsz, simplify=True)
+    return round(time_runs(_runner(f, "onnx", torch.get_num_threads()), runs)["median_ms"], 2)
+
+
+def evaluate(weights: Path, p: dict, device: str) -> dict:
+    """params, GFLOPs@640, mAP50, mAP50-95 and ONNX latency of a checkpoint."""
+    from ultralytics import YOLO
+
+    from yolo_prune.datasets import resolve_data
+    from yolo_prune.engine import model_info
+
+    yolo = YOLO(str(weights))
+    info = model_info(yolo.model, 640)
+    m = yolo.val(data=resolve_data(p["data"]), imgsz=p["imgsz"], batch=p["batch"], device=device, plots=False)
+    return {
+        "params": info["params"],
+        "gflops": round(info["gflops"], 3),
+        "map50": round(float(m.box.map50), 4),
+        "map50_95": round(float(m.box.map), 4),
+        "onnx_ms": onnx_latency(weights, p["imgsz"], p["runs"]),
+    }
+
+
+def train(model, name: str, p: dict, epochs: int, device: str, work: Path, **keys) -> tuple[Path, float]:
+    """Train with yolo-prune (plugin keys split off); returns best.pt and the seconds it took."""
+    from yolo_prune import add_pruning
+    from yolo_prune.cfg import PRUNE_DEFAULTS
+
+    plugin = {k: keys.pop(k) for k in list(keys) if k in PLUGIN_KEYS or k in PRUNE_DEFAULTS}
+    args = {
+        "data": p["data"],
+        "imgsz": p["imgsz"],
+        "batch": p["batch"],
+        "nbs": p["nbs"],
+        "epochs": epochs,
+        "device": device,
+        "workers": 2 if device == "cpu" else 8,
+        "seed": 0,
+        "plots": False,
+        "exist_ok": True,
+        "project": str(work),
+        "name": name,
+        **keys,
+    }
+    t0 = time.perf_counter()
+    add_pruning(model, **plugin).train(**args)
+    return work / name / "weights" / "best.pt", round(time.perf_counter() - t0, 1)
+
+
+def pretrained(family: str, p: dict, device: str, work: Path) -> tuple[Path, float]:
+    """A0: E epochs from scratch, trained once per work dir and reused."""
+    from ultralytics import YOLO
+
+    best = work / f"{family}_A0" / "weights" / "best.pt"
+    meta = work / f"{family}_A0" / "seconds.txt"
+    if best.exists() and meta.exists():
+        return best, float(meta.read_text())
+    best, s = train(YOLO(f"{family}{p['scale']}.yaml"), f"{family}_A0", p, p["epochs"], device, work)
+    meta.write_text(str(s))
+    return best, s
+
+
+def run_row(row: str, family: str, p: dict, device: str, work: Path, recipe: dict, tag: str = "") -> dict:
+    """Train and evaluate one row; returns its table row."""
+    from ultralytics import YOLO
+
+    from yolo_prune.checkpoint import save_checkpoint
+    from yolo_prune.engine import model_info, prune_model
+
+    e = p["epochs"]
+    name = f"{family}_{row}{('_' + tag) if tag else ''}"
+    a0, a0_s = pretrained(family, p, device, work)
+    if row == "A":
+        best, s = train(YOLO(str(a0)), name, p, e, device, work)
+    elif row == "B":
+        best, s = train(YOLO(str(a0)), name, p, e, device, work, prune=TARGET, **recipe)
+    elif row == "C":
+        t0 = time.perf_counter()
+        net = YOLO(str(a0)).model
+        prune_model(net, prune=TARGET, method="l2")
+        pruned = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": p["imgsz"]})
+        best, _ = train(YOLO(str(pruned)), name, p, e, device, work, **recipe)
+        s = round(time.perf_counter() - t0, 1)  # the one-shot prune included
+    elif row == "D":
+        base = model_info(YOLO(str(a0)).model, 640)["gflops"]
+        yml, w = width_yaml(family, p["scale"], (1 - TARGET) * base, p["imgsz"], work / f"{name}.yaml")
+        best, s = train(YOLO(str(yml)), name, p, 2 * e, device, work)
+        a0_s = 0.0
+    else:
+        raise ValueError(row)
+    out = {"family": family, "row": row + (f" ({tag})" if tag else ""), **evaluate(best, p, device)}
+    out["train_s"] = round(s + a0_s, 1)  # whole budget: A0's epochs count for A, B and C
+    return out
+
+
+ROW_TITLES = {
+    "A": "A reference (unpruned, 2E epochs)",
+    "B": "B yolo-prune default (steps while fine-tuning)",
+    "C": "C one-shot L2 + fine-tune",
+    "D": "D smaller width, from scratch (2E epochs)",
+}
+
+
+def write(name: str, rows: list[dict], out: dict) -> None:
+    """CSV, JSON + Markdown (via results_io.save) and the Pareto chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ["family", "row", "params", "gflops", "map50", "map50_95", "onnx_ms", "train_s"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.csv").write_text(buf.getvalue())
+    body = [
+        "| family | row | params | GFLOPs@640 | mAP50 | mAP50-95 | ONNX RT CPU ms | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    body += [
+        f"| {r['family']} | {ROW_TITLES.get(r['row'], r['row'])} | {r['params']:,} | {r['gflops']:.2f} | "
+        f"{r['map50']:.3f} | {r['map50_95']:.3f} | {r['onnx_ms']:.1f} | {r['train_s']:.0f} |"
+        for r in rows
+    ]
+    body += ["", *out.get("notes", [])]
+    save(name, {**out, "rows": rows}, body)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for fam, marker in (("yolo11", "o"), ("yolo26", "s")):
+        pts = [r for r in rows if r["family"] == fam]
+        for r in pts:
+            ax.scatter(r["gflops"], r["map50_95"], marker=marker, s=50)
+            ax.annotate(f"{fam} {r['row']}", (r["gflops"], r["map50_95"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")  # fmt: skip
+    ax.set(xlabel="GFLOPs@640", ylabel="mAP50-95", title=f"{name}: mAP50-95 vs GFLOPs (up-left is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png")
+    plt.close(fig)
+
+
+def parse_recipe(items: list[str]) -> dict:
+    from ultralytics.cfg import parse_key_value_pair
+
+    return dict(parse_key_value_pair(kv) for kv in items)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=PROFILES, default="quick")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--families", default="yolo11,yolo26")
+    ap.add_argument("--rows", default="A,B,C,D")
+    ap.add_argument("--recipe", nargs="*", default=[], help="key=value added to row B (yolo-prune or train keys)")
+    ap.add_argument("--levers", nargs="?", const=",".join(LEVERS), help="row B once per lever (first family only)")
+    ap.add_argument("--epochs", type=int, help="override the profile's E")
+    ap.add_argument("--work", default="runs/accuracy", help="where runs and A0 checkpoints are kept")
+    ap.add_argument("--tag", default="", help="suffix of the result files' names")
+    a = ap.parse_args()
+    import os
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    p = dict(PROFILES[a.profile])
+    if a.epochs:
+        p["epochs"] = a.epochs
+    work = Path(a.work).resolve() / f"{a.profile}_e{p['epochs']}"
+    recipe = parse_recipe(a.recipe)
+    families = a.families.split(",")
+    t0 = time.perf_counter()
+    out = {**header(), "profile": p, "target": TARGET, "recipe": recipe}
+    if a.levers:
+        rows = []
+        for lever in a.levers.split(","):
+            keys = LEVERS[lever]
+            rows.append(run_row("B", families[0], p, a.device, work, {**recipe, **keys}, tag=lever))
+            rows[-1]["row"] = lever
+            rows[-1]["keys"] = json.dumps(keys)
+            write(f"accuracy_levers_{a.profile}{a.tag}", rows, out)  # after each lever: a long run keeps what it has
+        return
+    rows = []
+    for fam in families:
+        for row in a.rows.split(","):
+            rows.append(run_row(row, fam, p, a.device, work, recipe if row == "B" else {}))
+            out["wall_s"] = round(time.perf_counter() - t0, 1)
+            write(f"accuracy_{a.profile}{a.tag}", rows, out)
+
+
+if __name__ == "__main__":
+    main()
