@@ -1,7 +1,7 @@
 """Accuracy benchmark: does pruning beat training a smaller model at the same cost?
 
 Usage:
-  python benchmarks/accuracy.py                               # quick profile, ~45 min on a 2-core CPU
+  python benchmarks/accuracy.py                               # quick profile, ~45 min on a 2-core CPU (E=10)
   python benchmarks/accuracy.py --profile full --device 0     # small models, shapes-2000 at 320, for a GPU
   python benchmarks/accuracy.py --levers                      # row B under each lever; writes accuracy_levers_*
   python benchmarks/accuracy.py --families yolo11 --rows B --recipe prune_method=taylor   # any yolo-prune key
@@ -30,7 +30,7 @@ from results_io import RESULTS, header, save
 
 PROFILES = {
     # nbs = batch: Ultralytics' nbs=64 would accumulate 4 batches and leave ~16 optimizer steps per epoch here
-    "quick": {"scale": "n", "data": "shapes-1000", "imgsz": 160, "epochs": 8, "batch": 16, "nbs": 16, "runs": 100},
+    "quick": {"scale": "n", "data": "shapes-1000", "imgsz": 160, "epochs": 10, "batch": 16, "nbs": 16, "runs": 100},
     "full": {"scale": "s", "data": "shapes-2000", "imgsz": 320, "epochs": 30, "batch": 32, "nbs": 64, "runs": 200},
     "smoke": {"scale": "n", "data": "shapes-16", "imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "runs": 5},  # wiring
 }

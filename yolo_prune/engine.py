@@ -542,8 +542,9 @@ def detection_loss(model: nn.Module):
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils import IterableSimpleNamespace
 
-    if not hasattr(model.args, "box"):
-        saved = model.args if isinstance(model.args, dict) else {}
+    args = getattr(model, "args", None)
+    if not hasattr(args, "box"):
+        saved = args if isinstance(args, dict) else {}
         model.args = IterableSimpleNamespace(
             **{**DEFAULT_CFG_DICT, **{k: v for k, v in saved.items() if k in DEFAULT_CFG_DICT}}
         )
@@ -581,9 +582,11 @@ def prune_model(
     check_supported(model)
     prepare_model(model)
     if method in GRADIENT_METHODS and batches is not None:
-        args, criterion = model.args, getattr(model, "criterion", None)
+        saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
         accumulate_gradients(model, batches, detection_loss(model), GRADIENT_METHODS[method])
-        model.args, model.criterion = args, criterion  # leave the checkpoint's args as they were
+        for k in ("args", "criterion"):  # leave the model's args and loss as they were (checkpoints pickle them)
+            model.__dict__.pop(k, None)
+        model.__dict__.update(saved)
     try:
         plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers, **options)
     finally:
