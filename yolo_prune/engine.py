@@ -20,15 +20,28 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from ultralytics.nn.modules.block import C2PSA, C3, DFL, SPPF, Attention, Bottleneck, C2f, C3k2, PSABlock
+from ultralytics.nn.modules.block import (
+    C2PSA,
+    C3,
+    DFL,
+    SPPF,
+    Attention,
+    Bottleneck,
+    C2f,
+    C3k2,
+    Proto,
+    Proto26,
+    PSABlock,
+    RealNVP,
+)
 from ultralytics.nn.modules.conv import Concat, Conv, DWConv
-from ultralytics.nn.modules.head import Detect
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.modules.head import OBB, OBB26, Classify, Detect, Pose, Pose26, Segment, Segment26
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from .blocks import C2fSplit, C2PSASplit
 from .cfg import PRUNE_DEFAULTS, PruneError
-from .importance import GRADIENT_METHODS, accumulate_gradients, get_importance
+from .importance import GRADIENT_METHODS, accumulate_gradients, frozen_bn_stats, get_importance
 
 # Ultralytics blocks the engine is verified on (YOLOv8 / YOLO11 / YOLO26 detection). Anything else from
 # ultralytics.nn is refused up front: torch-pruning would trace it, but chunk/split/view inside an unknown block can
@@ -49,8 +62,26 @@ SUPPORTED_BLOCKS = (
     DFL,
     C2fSplit,
     C2PSASplit,
+    Segment,
+    Segment26,
+    Proto,
+    Proto26,
+    Pose,
+    Pose26,
+    RealNVP,
+    OBB,
+    OBB26,
+    Classify,
 )
-SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detection models (DetectionModel with a Detect head)"
+# model class -> its head classes (exact types: a subclass may add outputs the engine does not know to keep)
+SUPPORTED_HEADS = {
+    DetectionModel: (Detect,),
+    SegmentationModel: (Segment, Segment26),
+    PoseModel: (Pose, Pose26),
+    OBBModel: (OBB, OBB26),
+    ClassificationModel: (Classify,),
+}
+SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detect, segment, pose, obb and classify models"
 TRACE_IMGSZ = 64  # the dependency graph does not depend on spatial size; a small trace keeps time and RSS low
 
 
@@ -94,12 +125,10 @@ class PrunePlan:
 def check_supported(model: nn.Module) -> None:
     """Raise PruneError naming the first thing about ``model`` that the engine does not support."""
     model = unwrap_model(model)
-    if (
-        type(model) is not DetectionModel
-        or not isinstance(model.model[-1], Detect)
-        or type(model.model[-1]) is not Detect
-    ):
-        raise PruneError(f"model: {type(model).__name__} is not supported; supported: {SUPPORTED_MODELS}")
+    heads = SUPPORTED_HEADS.get(type(model), ())
+    if type(model.model[-1]) not in heads:
+        what = f"{type(model).__name__} with a {type(model.model[-1]).__name__} head"
+        raise PruneError(f"model: {what} is not supported; supported: {SUPPORTED_MODELS}")
     for m in model.modules():
         if type(m).__module__.startswith("ultralytics.nn.modules") and not isinstance(m, SUPPORTED_BLOCKS):
             raise PruneError(f"model: block {type(m).__name__} is not supported; supported: {SUPPORTED_MODELS}")
@@ -123,13 +152,28 @@ def prepare_model(model: nn.Module) -> nn.Module:
 
 
 def output_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers whose output channels define the model's outputs and must keep their width."""
+    """Layers whose output channels define the model's outputs and must keep their width.
+
+    Boxes and classes (``cv2``/``cv3``), mask coefficients, keypoints and angles (``cv4``), YOLO26's one-to-one copies,
+    Pose26's keypoint and sigma convs, the prototype count (``proto.cv3``), Proto26's semantic logits, and the class
+    logits of ``Classify``; hidden widths (head branches, ``Proto`` hidden convs, ``Classify.conv``) can go.
+    """
     head = unwrap_model(model).model[-1]
+    if isinstance(head, Classify):
+        return [head.linear]
     keep: list[nn.Module] = [head.dfl]
-    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):  # the last conv of each branch; hidden widths can go
-        branches = getattr(head, attr, None)
-        if branches is not None:
-            keep += [branch[-1] for branch in branches]
+    for attr in ("cv2", "cv3", "cv4", "one2one_cv2", "one2one_cv3", "one2one_cv4"):
+        for branch in getattr(head, attr, None) or []:
+            last = branch[-1] if isinstance(branch, nn.Sequential) else branch
+            if isinstance(last, nn.Conv2d):  # Pose26's cv4 ends in a hidden Conv block: its outputs are below
+                keep.append(last)
+    for attr in ("cv4_kpts", "cv4_sigma", "one2one_cv4_kpts", "one2one_cv4_sigma"):
+        keep += list(getattr(head, attr, None) or [])
+    proto = getattr(head, "proto", None)
+    if proto is not None:
+        keep.append(proto.cv3.conv)
+        if getattr(proto, "semseg", None) is not None:
+            keep.append(proto.semseg[-1])
     return keep
 
 
@@ -175,6 +219,35 @@ def tracing_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _trace_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The traced forward: eval(), except that train-only branches run too.
+
+    Proto26's semantic branch runs only in train(); an eval trace would not see it, its input channels would stay and
+    the next training forward would crash. It runs in train mode here (BatchNorm statistics frozen) while the head
+    around it stays in eval(). This is switched inside the forward because torch-pruning calls ``model.eval()`` first.
+    """
+    train_only = [m for m in model.modules() if isinstance(m, Proto26) and getattr(m, "semseg", None) is not None]
+    for m in train_only:
+        m.train()
+    # Pose26's keypoint sigmas are computed in training only, from the cv4 features: capture those features in the
+    # eval forward and apply the sigma convs to them once, so their input channels follow cv4's
+    sigma_pairs, feats, hooks = [], {}, []
+    for head in (m for m in model.modules() if isinstance(m, Pose26)):
+        for feat_attr, sigma_attr in (("cv4", "cv4_sigma"), ("one2one_cv4", "one2one_cv4_sigma")):
+            for branch, sigma in zip(getattr(head, feat_attr, None) or [], getattr(head, sigma_attr, None) or []):
+                hooks.append(branch.register_forward_hook(lambda mod, i, o: feats.__setitem__(mod, o)))
+                sigma_pairs.append((branch, sigma))
+    try:
+        with frozen_bn_stats(nn.ModuleList(train_only)):
+            out = _raw_outputs(model(x))
+        return out + [sigma(feats[branch]) for branch, sigma in sigma_pairs if branch in feats]
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in train_only:
+            m.eval()
+
+
 def build_graph(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tp.DependencyGraph:
     """Trace ``model`` (already prepared) into a torch-pruning DependencyGraph."""
     p = next(model.parameters())
@@ -183,7 +256,7 @@ def build_graph(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tp.DependencyGrap
         return tp.DependencyGraph().build_dependency(
             model,
             x,
-            forward_fn=lambda m, x: _raw_outputs(m(x)),
+            forward_fn=_trace_forward,
             customized_pruners=CUSTOMIZED_PRUNERS,
             verbose=False,
         )
@@ -578,7 +651,9 @@ def prune_model(
         raise PruneError("prune: give one of prune=<GFLOPs fraction> or prune_ratio=<channel ratio>, not both")
     if prune is None and ratio is None and not options.get("layer_ratios"):
         raise PruneError("prune: give prune=<GFLOPs fraction>, prune_ratio=<channel ratio> or prune_layers")
-    model = unwrap_model(getattr(model, "model", model) if not isinstance(model, DetectionModel) else model)
+    model = unwrap_model(
+        getattr(model, "model", model) if not isinstance(model, (DetectionModel, ClassificationModel)) else model
+    )
     check_supported(model)
     prepare_model(model)
     if method in GRADIENT_METHODS and batches is not None:
