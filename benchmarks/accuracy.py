@@ -171,7 +171,7 @@ def run_row(row: str, family: str, p: dict, device: str, work: Path, recipe: dic
     if row == "A":
         best, s = train(YOLO(str(a0)), name, p, e, device, work)
     elif row == "B":
-        best, s = train(YOLO(str(a0)), name, p, e, device, work, prune=TARGET, **recipe)
+        best, s = train(YOLO(str(a0)), name, p, e, device, work, **{"prune": TARGET, **recipe})
     elif row == "C":
         t0 = time.perf_counter()
         net = YOLO(str(a0)).model

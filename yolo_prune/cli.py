@@ -186,7 +186,12 @@ def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
 
     check_keys(overrides, DEFAULT_CFG_DICT, mode)
     if "data" in overrides:
-        overrides["data"] = resolve_data(overrides["data"])
+        task = overrides.get("task")
+        if task is None and overrides.get("model"):
+            from .checkpoint import load_model
+
+            task = load_model(overrides["model"]).task  # 'shapes' follows the model's task: shapes-seg, ...
+        overrides["data"] = resolve_data(overrides["data"], task)
     # entrypoint() reads sys.argv (the same list object Ultralytics captured at import), so rewrite it in place
     sys.argv[:] = ["yolo", mode, *(f"{k}={v}" for k, v in overrides.items())]
     entrypoint()

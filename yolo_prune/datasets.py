@@ -24,7 +24,7 @@ from .cfg import PruneError
 
 NAMES = ("circle", "rectangle", "triangle", "cross", "star", "ring")
 VERSION = 1  # bump when the generator changes, so caches are not reused across versions
-_PATTERN = re.compile(r"^shapes(?:-(\d+))?(?:\.yaml)?$")
+_PATTERN = re.compile(r"^shapes(?:-(seg|pose|obb|cls))?(?:-(\d+))?(?:\.yaml)?$")
 
 
 def cache_dir() -> Path:
@@ -93,18 +93,19 @@ def _draw_mask(cls: int, cx: float, cy: float, r: float, angle: float, size: int
     return mask
 
 
-def make_image(
-    seed: int, index: int, size: int = 320
-) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
-    """One image (BGR uint8) and its labels ``(cls, cx, cy, w, h)`` normalised; depends only on (seed, index)."""
+def _render(seed: int, index: int, size: int, single: bool = False):
+    """Image (BGR uint8), object list ``(k, cls, area, cx, cy, r)`` and the owner map (which object each pixel shows)."""
     rng = np.random.default_rng([seed, index])
     img = _background(rng, size)
     owner = np.full((size, size), -1, np.int32)
     objects = []
-    for k in range(int(rng.integers(1, 13))):
-        cls = int(rng.integers(0, len(NAMES)))
+    for k in range(int(rng.integers(1, 13)) if not single else 1):
+        cls = int(rng.integers(0, len(NAMES))) if not single else index % len(NAMES)  # classify: balanced classes
         r = float(np.exp(rng.uniform(np.log(3), np.log(60))))  # radius 3-60 px: log-uniform, many small objects
         cx, cy = rng.uniform(-0.2 * r, size + 0.2 * r, 2)
+        if single:  # one clearly visible object per image
+            r = float(rng.uniform(0.12, 0.4) * size)
+            cx, cy = rng.uniform(r, size - r, 2)
         mask = _draw_mask(cls, cx, cy, r, float(rng.uniform(0, 2 * np.pi)), size).astype(bool)
         if not mask.any():
             continue
@@ -114,55 +115,118 @@ def make_image(
         shade = base + rng.normal(0, rng.uniform(2, 12), (int(mask.sum()), 3))
         img[mask] = shade
         owner[mask] = k
-        objects.append((k, cls, int(mask.sum())))
+        objects.append((k, cls, int(mask.sum()), float(cx), float(cy), r))
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5)))
     img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-    labels = []
-    for k, cls, area in objects:
-        ys, xs = np.nonzero(owner == k)
+    return img, objects, owner
+
+
+def make_image(
+    seed: int, index: int, size: int = 320
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
+    """One image (BGR uint8) and its labels ``(cls, cx, cy, w, h)`` normalised; depends only on (seed, index)."""
+    img, _, lines = make_sample(seed, index, size, "detect")
+    return img, [(int(v[0]), *map(float, v[1:5])) for v in (line.split() for line in lines)]
+
+
+def make_sample(seed: int, index: int, size: int = 320, task: str = "detect") -> tuple[np.ndarray, int, list[str]]:
+    """One image, its class (the first object's, for ``classify``) and its label lines in Ultralytics' format for
+    ``task``: ``cls cx cy w h`` (detect), ``cls x1 y1 x2 y2 ...`` polygon (segment), ``cls cx cy w h`` + 5 keypoints
+    ``x y v`` (pose: centre, top, right, bottom, left of the shape), ``cls x1 y1 ... x4 y4`` rotated box (obb)."""
+    img, objects, owner = _render(seed, index, size, single=task == "classify")
+    lines = []
+    for k, cls, area, cx, cy, r in objects:
+        visible = owner == k
+        ys, xs = np.nonzero(visible)
         if len(xs) < 0.3 * area or len(xs) < 9:
             continue  # mostly hidden or clipped away
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        labels.append((cls, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size))
-    return img, labels
+        box = (
+            f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
+        )
+        if task in ("detect", "classify"):
+            lines.append(box)
+        elif task == "segment":
+            contours, _ = cv2.findContours(visible.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            c = max(contours, key=cv2.contourArea).reshape(-1, 2) / size
+            if len(c) >= 3:
+                lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in c.clip(0, 1).ravel()))
+        elif task == "obb":
+            corners = cv2.boxPoints(cv2.minAreaRect(np.stack([xs, ys], 1).astype(np.float32))) / size
+            lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in corners.clip(0, 1).ravel()))
+        elif task == "pose":
+            kpts = []
+            for px, py in ((cx, cy), (cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)):
+                inside = 0 <= px < size and 0 <= py < size
+                v = (2 if owner[int(py), int(px)] == k else 1) if inside else 0
+                kpts += [px / size, py / size, v] if inside else [0.0, 0.0, 0]
+            lines.append(box + " " + " ".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in kpts))
+    return img, (objects[0][1] if objects else 0), lines
 
 
-def generate(root: Path, n_train: int, n_val: int, size: int = 320) -> Path:
-    """Write the dataset under ``root`` (atomically: a temp folder renamed when complete); returns its yaml."""
-    yaml_path = root / "data.yaml"
-    if yaml_path.is_file():
-        return yaml_path
+TASKS = {"detect": "", "segment": "seg", "pose": "pose", "obb": "obb", "classify": "cls"}  # task -> name suffix
+_SUFFIX_TASK = {v: k for k, v in TASKS.items()}
+POSE_YAML = "kpt_shape: [5, 3]\nflip_idx: [0, 1, 4, 3, 2]\n"  # centre, top, right, bottom, left: a flip swaps r/l
+
+
+def generate(root: Path, n_train: int, n_val: int, size: int = 320, task: str = "detect") -> Path:
+    """Write the dataset under ``root`` (atomically: a temp folder renamed when complete); returns its yaml, or for
+    ``classify`` its folder (``train/<class>/*.jpg``, ``val/<class>/*.jpg``, as Ultralytics expects)."""
+    done = root if task == "classify" else root / "data.yaml"
+    if (root / "data.yaml").is_file():
+        return done
     tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for split, n, seed in (("train", n_train, 0), ("val", n_val, 1)):
-        (tmp / "images" / split).mkdir(parents=True)
-        (tmp / "labels" / split).mkdir(parents=True)
+        if task == "classify":
+            for name in NAMES:
+                (tmp / split / name).mkdir(parents=True)
+        else:
+            (tmp / "images" / split).mkdir(parents=True)
+            (tmp / "labels" / split).mkdir(parents=True)
         for i in range(n):
-            img, labels = make_image(seed, i, size)
+            img, cls, lines = make_sample(seed, i, size, task)
+            if task == "classify":
+                cv2.imwrite(str(tmp / split / NAMES[cls] / f"{i:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                continue
             cv2.imwrite(str(tmp / "images" / split / f"{i:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-            lines = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
-            (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
+            (tmp / "labels" / split / f"{i:06d}.txt").write_text("".join(f"{line}\n" for line in lines))
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(NAMES))
-    (tmp / "data.yaml").write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    extra = POSE_YAML if task == "pose" else ""
+    (tmp / "data.yaml").write_text(
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\n{extra}names:\n{names}\n"
+    )  # for classify the folder is the dataset; the yaml only marks it complete
     try:
         tmp.rename(root)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
-    return yaml_path
+    return done
 
 
-def builtin_dataset(name: str = "shapes", train: int | None = None, val: int | None = None, imgsz: int = 320) -> str:
-    """Path of the yaml of built-in dataset ``name`` (``shapes`` or ``shapes-N``), generating it on first use."""
+def builtin_dataset(
+    name: str = "shapes", train: int | None = None, val: int | None = None, imgsz: int = 320, task: str | None = None
+) -> str:
+    """Path of built-in dataset ``name`` (``shapes[-seg|-pose|-obb|-cls][-N]``), generated on first use.
+
+    A plain ``shapes[-N]`` follows ``task`` (a segmentation run gets ``shapes-seg``). Returns the yaml, or the folder
+    for classification.
+    """
     m = _PATTERN.match(str(name))
     if not m:
-        raise PruneError(f"data={name!r} is not a built-in dataset; accepted: shapes, shapes-N (N train images)")
-    n_train = train or int(m.group(1) or 1000)
-    n_val = val or max(2, n_train // 4)
+        raise PruneError(
+            f"data={name!r} is not a built-in dataset; accepted: shapes, shapes-N, shapes-seg|pose|obb|cls[-N]"
+        )
+    task = _SUFFIX_TASK[m.group(1)] if m.group(1) else (task or "detect")
+    if task not in TASKS:
+        raise PruneError(f"task={task!r} has no built-in dataset; accepted: {', '.join(TASKS)}")
+    n_train = train or int(m.group(2) or 1000)
+    n_val = val or max(2 if task != "classify" else len(NAMES), n_train // 4)
     if n_train < 1 or n_val < 1:
         raise PruneError(f"data={name!r} is invalid; accepted: at least 1 train and 1 val image")
-    root = cache_dir() / f"shapes-v{VERSION}-{n_train}-{n_val}-{imgsz}"
-    return str(generate(root, n_train, n_val, imgsz))
+    suffix = f"-{TASKS[task]}" if TASKS[task] else ""
+    root = cache_dir() / f"shapes{suffix}-v{VERSION}-{n_train}-{n_val}-{imgsz}"
+    return str(generate(root, n_train, n_val, imgsz, task))
 
 
 def is_builtin(data) -> bool:
@@ -170,9 +234,9 @@ def is_builtin(data) -> bool:
     return isinstance(data, str) and bool(_PATTERN.match(data))
 
 
-def resolve_data(data):
-    """Built-in dataset names become their yaml path; anything else is returned unchanged."""
-    return builtin_dataset(data) if is_builtin(data) else data
+def resolve_data(data, task: str | None = None):
+    """Built-in dataset names become their yaml path (their folder for classify); anything else is unchanged."""
+    return builtin_dataset(data, task=task) if is_builtin(data) else data
 
 
 def calibration_batches(data: str, imgsz: int, batch: int, n: int, model):
@@ -182,8 +246,13 @@ def calibration_batches(data: str, imgsz: int, batch: int, n: int, model):
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
+    task = getattr(model, "task", "detect")
+    if task == "classify":
+        raise PruneError(
+            "gradient criteria one-shot need a detect/segment/pose/obb model; for classify, prune in training"
+        )
     info = check_det_dataset(data)
-    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0, "cache": False})
+    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0, "cache": False, "task": task})
     dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
     loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
     device = next(model.parameters()).device
@@ -191,6 +260,7 @@ def calibration_batches(data: str, imgsz: int, batch: int, n: int, model):
         if i >= n:
             break
         b["img"] = b["img"].to(device).float() / 255
-        for k in ("batch_idx", "cls", "bboxes"):
-            b[k] = b[k].to(device)
+        for k in ("batch_idx", "cls", "bboxes", "masks", "keypoints"):
+            if k in b:
+                b[k] = b[k].to(device)
         yield b

@@ -114,7 +114,7 @@ def _diffs(ref: np.ndarray, out: np.ndarray, end2end: bool) -> dict[str, float]:
 def parity_image(imgsz: int, data: str | None = None) -> torch.Tensor:
     """One real image as a (1, 3, imgsz, imgsz) RGB tensor in [0, 1]: data's first val image, else a generated one."""
     img = None
-    if data:
+    if data and not Path(str(data)).is_dir():  # a classification folder has no 'val' key: use a generated image
         from ultralytics.data.utils import check_det_dataset
 
         val = Path(check_det_dataset(data)["val"])
@@ -167,10 +167,11 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     quantize = kwargs.get("quantize") or 32
     if quantize not in TOLERANCE:
         raise PruneError(f"quantize={quantize!r} is invalid here; accepted: 32, 16, 8")
+    task = YOLO(str(weights)).task
     if quantize == 8:
-        kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA)
+        kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):
-        kwargs["data"] = resolve_data(kwargs["data"])
+        kwargs["data"] = resolve_data(kwargs["data"], task)
     imgsz = kwargs.get("imgsz") or 640
     file = YOLO(str(weights)).export(format=format, **kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}

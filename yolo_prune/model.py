@@ -8,16 +8,16 @@ from ultralytics import YOLO
 
 from .callbacks import PruneCallbacks
 from .cfg import PruneError
-from .trainer import PruneDetectionTrainer
+from .trainer import TRAINERS
 
 
 class PruningYOLO(YOLO):
-    """``YOLO`` whose detection trainer keeps pruned shapes (see :class:`PruneDetectionTrainer`)."""
+    """``YOLO`` whose trainers keep pruned shapes, for every task (see :class:`PruneTrainerMixin`)."""
 
     @property
     def task_map(self) -> dict:
         tm = super().task_map
-        return {**tm, "detect": {**tm["detect"], "trainer": PruneDetectionTrainer}}
+        return {**tm, **{task: {**tm[task], "trainer": cls} for task, cls in TRAINERS.items() if task in tm}}
 
 
 def add_pruning(model: YOLO, **keys: Any) -> YOLO:
@@ -32,8 +32,8 @@ def add_pruning(model: YOLO, **keys: Any) -> YOLO:
     """
     if type(model) not in (YOLO, PruningYOLO):
         raise PruneError(f"model: {type(model).__name__} is not supported; accepted: an ultralytics.YOLO model")
-    if model.task != "detect":
-        raise PruneError(f"model: task '{model.task}' is not supported yet; accepted: detect")
+    if model.task not in TRAINERS:
+        raise PruneError(f"model: task '{model.task}' is not supported; accepted: {', '.join(TRAINERS)}")
     cb = PruneCallbacks(**keys)
     old = getattr(model, "prune_callbacks", None)
     if old is not None:  # calling add_pruning again replaces the settings instead of pruning twice

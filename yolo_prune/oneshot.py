@@ -73,7 +73,7 @@ def prune_file(
     if mode == "structured":
         batches = None
         if cfg["prune_method"] in GRADIENT_METHODS:
-            batches = calibration_batches(resolve_data(data), imgsz, batch, GRAD_BATCHES, net)
+            batches = calibration_batches(resolve_data(data, net.task), imgsz, batch, GRAD_BATCHES, net)
         plan = prune_model(
             net,
             prune=cfg["prune"],

@@ -238,6 +238,10 @@ def sensitivity_run(
         raise PruneError("data is required; accepted: data=<dataset yaml or built-in name, e.g. shapes>")
     data = resolve_data(data)
     net = load_model(model).model
+    if net.task != "detect":
+        raise PruneError(
+            f"model: sensitivity analysis validates detection mAP; accepted: a detect model, not {net.task}"
+        )
     save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
     rows = sensitivity(net, data, ratios, imgsz, batch, layers, prune_method, prune_round, device, save_dir=save_dir)
     worst = max(rows[1:], key=lambda r: r["drop"], default=None)

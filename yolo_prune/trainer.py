@@ -13,7 +13,11 @@ import math
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
@@ -29,19 +33,20 @@ def is_pruned(model: nn.Module) -> bool:
     return hasattr(model, "prune_state") or any(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
 
 
-class PruneDetectionTrainer(DetectionTrainer):
-    """DetectionTrainer that trains pruned models as they are and accepts built-in dataset names (``data=shapes``)."""
+class PruneTrainerMixin:
+    """What every task's pruning trainer adds: built-in data names resolved for its task, pruned models kept as is."""
 
     def get_dataset(self):
-        """Resolve built-in dataset names before Ultralytics looks for a yaml."""
-        self.args.data = resolve_data(self.args.data)
+        """Resolve built-in dataset names (``shapes`` follows the task: ``shapes-seg`` for segment) first."""
+        self.args.data = resolve_data(self.args.data, self.args.task)
         return super().get_dataset()
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load)."""
         if weights is None or not is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        nc = unwrap_model(weights).model[-1].nc
+        head = unwrap_model(weights).model[-1]
+        nc = head.linear.out_features if hasattr(head, "linear") else head.nc
         if nc != self.data["nc"]:
             raise PruneError(
                 f"data: has nc={self.data['nc']} but the pruned model predicts nc={nc}; accepted: a dataset "
@@ -49,7 +54,40 @@ class PruneDetectionTrainer(DetectionTrainer):
             )
         if verbose:
             LOGGER.info("yolo-prune: training the pruned model as it is (no rebuild from model.yaml)")
-        return self.set_model_names_for_load(weights)
+        if hasattr(self, "set_model_names_for_load"):
+            return self.set_model_names_for_load(weights)
+        for p in weights.parameters():
+            p.requires_grad = True  # as ClassificationTrainer.get_model does
+        return weights
+
+
+class PruneDetectionTrainer(PruneTrainerMixin, DetectionTrainer):
+    """DetectionTrainer that trains pruned models as they are and accepts built-in dataset names (``data=shapes``)."""
+
+
+class PruneSegmentationTrainer(PruneTrainerMixin, SegmentationTrainer):
+    """SegmentationTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
+
+
+class PrunePoseTrainer(PruneTrainerMixin, PoseTrainer):
+    """PoseTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
+
+
+class PruneOBBTrainer(PruneTrainerMixin, OBBTrainer):
+    """OBBTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
+
+
+class PruneClassificationTrainer(PruneTrainerMixin, ClassificationTrainer):
+    """ClassificationTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
+
+
+TRAINERS = {
+    "detect": PruneDetectionTrainer,
+    "segment": PruneSegmentationTrainer,
+    "pose": PrunePoseTrainer,
+    "obb": PruneOBBTrainer,
+    "classify": PruneClassificationTrainer,
+}
 
 
 def apply_step(trainer, plan: PrunePlan) -> None:
