@@ -71,6 +71,8 @@ HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune M
       [runs=100]  side-by-side latency / GFLOPs / size / mAP table, saved as CSV, JSON and PNG
   yolo-prune {{{"|".join(PASSTHROUGH)}}} model=pruned.pt ...   same keys as 'yolo'; data=shapes uses the built-in dataset
   yolo-prune version | help
+
+  Every task: model=yolo11n-seg.yaml | -pose | -obb | -cls (YOLOv8 / YOLO11 / YOLO26); data=shapes follows the task
 """
 
 
