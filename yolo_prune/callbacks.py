@@ -33,6 +33,11 @@ from .unstructured import MaskKeeper, apply_masks, masks_from_zeros, sparsify, s
 SCHEDULE_DEFAULTS: dict[str, Any] = {"prune_steps": None, "prune_start": None, "prune_end": None}
 FLOPS_IMGSZ = 640  # GFLOPs are reported at 640 like Ultralytics' model info; the pruned fraction barely depends on it
 GRAD_BATCHES = 16  # training batches whose gradients rank channels for taylor / hessian at each step
+DISTILL_MESSAGE = (
+    "prune steps during distillation are not supported (Ultralytics sizes the distillation projectors to the student's "
+    "widths when training starts); accepted: prune first ('yolo-prune prune'), then train the pruned .pt with "
+    "distill_model="
+)
 
 
 def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +84,8 @@ class PruneCallbacks:
                 )
             LOGGER.info(f"yolo-prune: resuming with {state['done']}/{len(state['schedule'])} steps done")
         elif self.cfg["prune"] is not None:
+            if type(model).__name__ == "DistillationModel":
+                raise PruneError(DISTILL_MESSAGE)
             check_supported(model)
             info = model_info(model, FLOPS_IMGSZ)
             schedule = make_schedule(

@@ -127,7 +127,7 @@ def _train(overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils.files import get_latest_run
 
-    from .callbacks import check_train_args
+    from .callbacks import DISTILL_MESSAGE, check_train_args
     from .checkpoint import load_model
     from .model import add_pruning
     from .schedule import make_schedule
@@ -142,6 +142,8 @@ def _train(overrides: dict[str, Any]) -> None:
         overrides["resume"] = True
     if not model:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
+    if cfg["prune"] is not None and overrides.get("distill_model"):
+        raise PruneError(DISTILL_MESSAGE)
     if cfg["prune"] is not None and not resume:  # fail before any run folder is created
         epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
         make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
