@@ -213,7 +213,13 @@ def write(name: str, rows: list[dict], out: dict) -> None:
     w.writerows(rows)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.csv").write_text(buf.getvalue())
+    pr = out["profile"]
     body = [
+        f"Profile: {pr['scale']} models, data {pr['data']}, imgsz {pr['imgsz']}, E={pr['epochs']} (A0 = E epochs from "
+        f"scratch; A, B, C = A0 + E epochs; D = 2E from scratch), batch {pr['batch']}, nbs {pr['nbs']}, seed 0; "
+        f"B/C/D target {out['target']:.0%} of GFLOPs removed; ONNX Runtime latency at batch 1, imgsz {pr['imgsz']}, "
+        f"median of {pr['runs']} runs; train s includes A0's epochs for A, B, C.",
+        "",
         "| family | row | params | GFLOPs@640 | mAP50 | mAP50-95 | ONNX RT CPU ms | train s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]

@@ -92,7 +92,7 @@ def _corrupt(tmp_path):
         (["model=nope.yaml", "prune=0.5"], "nope.yaml"),
         ([_corrupt, "prune=0.5"], "corrupt.pt"),
         (["model=rtdetr-l.yaml", "prune=0.5"], "rtdetr-l.yaml' is not supported"),
-        (["model=yolo11n-seg.yaml", "prune=0.5"], "SegmentationModel"),
+        (["model=yolov8n-worldv2.yaml", "prune=0.5"], "WorldModel"),
         (["model=yolo11n.yaml", "prune=0.5", "imgsz=100"], "imgsz"),
     ],
 )
