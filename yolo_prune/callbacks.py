@@ -24,7 +24,7 @@ from .engine import (
     plan_for_target,
     prepare_model,
 )
-from .importance import GRADIENT_METHODS, accumulate_gradients
+from .importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
 from .schedule import make_schedule
 from .sparsity import BNSparsity, penalised_norms
 from .trainer import apply_step, broadcast_plan, renew_ema, trainer_batches, trainer_loss
@@ -32,12 +32,17 @@ from .unstructured import MaskKeeper, apply_masks, masks_from_zeros, sparsify, s
 
 SCHEDULE_DEFAULTS: dict[str, Any] = {"prune_steps": None, "prune_start": None, "prune_end": None}
 FLOPS_IMGSZ = 640  # GFLOPs are reported at 640 like Ultralytics' model info; the pruned fraction barely depends on it
-GRAD_BATCHES = 16  # training batches whose gradients rank channels for taylor / hessian at each step
 DISTILL_MESSAGE = (
     "prune steps during distillation are not supported (Ultralytics sizes the distillation projectors to the student's "
     "widths when training starts); accepted: prune first ('yolo-prune prune'), then train the pruned .pt with "
     "distill_model="
 )
+
+
+def _zeroes_weights(state: dict) -> bool:
+    """Whether a schedule zeroes weights (unstructured / 2:4) instead of removing channels (checkpoints before the
+    modes existed carry no ``mode``: structured)."""
+    return state.get("mode", "structured") != "structured"
 
 
 def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +130,7 @@ class PruneCallbacks:
         if trainer.ema is not None:
             trainer.ema.ema.prune_state = state
         self._info = model_info(model, FLOPS_IMGSZ)
-        if state.get("mode", "structured") != "structured" and state["done"]:  # resumed: masks are the zeros
+        if _zeroes_weights(state) and state["done"]:  # resumed: the masks are the zeros
             self.keeper = MaskKeeper(model, masks_from_zeros(model, state["mode"]))
 
     def on_train_epoch_start(self, trainer) -> None:
@@ -165,7 +170,7 @@ class PruneCallbacks:
             self._info = model_info(trainer.model, FLOPS_IMGSZ)
         trainer.lr["model/params_M"] = round(self._info["params"] / 1e6, 6)  # results.csv writes %.6g
         trainer.lr["model/GFLOPs"] = round(self._info["gflops"], 4)
-        if self.state and self.state.get("mode", "structured") != "structured":
+        if self.state and _zeroes_weights(self.state):
             trainer.lr["model/sparsity"] = round(sparsity(trainer.model, self.state["mode"]), 4)
 
     def on_train_end(self, trainer) -> None:
@@ -173,7 +178,7 @@ class PruneCallbacks:
         st = self.state
         if not st or not st["history"]:
             return
-        col = "reduction" if st.get("mode", "structured") == "structured" else "sparsity"
+        col = "sparsity" if _zeroes_weights(st) else "reduction"
         lines = [f"{'step':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{'seconds':>9}"]
         lines.append(f"{'start':>6}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{'':>9}")
         for h in st["history"]:
@@ -191,7 +196,7 @@ class PruneCallbacks:
         model = unwrap_model(trainer.model)
         k, n = st["done"] + 1, len(st["schedule"])
         before = self._info or model_info(model, FLOPS_IMGSZ)
-        if st.get("mode", "structured") != "structured":
+        if _zeroes_weights(st):
             self._sparsify_step(trainer, k, n)
         else:
             self._structured_step(trainer, model, k, n, before)
@@ -199,7 +204,7 @@ class PruneCallbacks:
         seconds = time.perf_counter() - t0
         st["done"] = k
         record = {"step": k, "epoch": trainer.epoch, **after, "seconds": round(seconds, 2)}
-        if st.get("mode", "structured") != "structured":
+        if _zeroes_weights(st):
             record["sparsity"] = round(sparsity(model, st["mode"]), 4)
         st["history"].append(record)
         # best.pt must never be an earlier, larger model: fitness tracking restarts with each step

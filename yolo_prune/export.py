@@ -44,17 +44,16 @@ def _reference_model(weights: str | Path, nms: bool | None):
     return model
 
 
-def _head(weights: str | Path):
-    return YOLO(str(weights)).model.model[-1]
-
-
 def torch_reference(weights: str | Path, x: torch.Tensor, nms: bool | None = None) -> list[np.ndarray]:
     """Outputs of the checkpoint as the exporter sees it (fp32, eval, head in export mode), for input ``x``.
 
     One array per exported output: detections (boxes, scores and the task's extras: mask coefficients, keypoints,
     angle), plus the mask prototypes for segmentation; class probabilities for classification.
     """
-    model = _reference_model(weights, nms)
+    return _reference_outputs(_reference_model(weights, nms), x)
+
+
+def _reference_outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     head = model.model[-1]
     if hasattr(head, "max_det"):  # the exporter clamps top-k to the anchors available at this size
         head.max_det = min(head.max_det, sum(int(x.shape[-1] / s) ** 2 for s in model.stride.tolist()))
@@ -135,7 +134,9 @@ def parity(
     depend on no ordering, are compared directly.
     """
     x = parity_image(imgsz, data)
-    refs = torch_reference(weights, x, nms)
+    model = _reference_model(weights, nms)
+    refs = _reference_outputs(model, x)
+    one2one = nms is False and hasattr(model.model[-1], "one2one_cv2")  # YOLO26 NMS-free: (B, max_det, 6 + extras)
     outs = onnx_outputs(exported, x) if fmt == "onnx" else openvino_outputs(exported, x)
     if len(outs) < len(refs):
         raise ParityError(f"{fmt} export has {len(outs)} outputs, PyTorch {len(refs)}")
@@ -145,7 +146,7 @@ def parity(
         if out is None or out.shape != ref.shape:
             got = [o.shape for o in outs]
             raise ParityError(f"output shapes differ: PyTorch {ref.shape} vs {fmt} {got}")
-        end2end = i == 0 and ref.ndim == 3 and nms is False and hasattr(_head(weights), "one2one_cv2")
+        end2end = i == 0 and ref.ndim == 3 and one2one
         if i == 0:
             ref, out = _normalised(ref, imgsz, end2end), _normalised(out, imgsz, end2end)
         d = _diffs(ref, out, end2end)
@@ -167,13 +168,14 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     quantize = kwargs.get("quantize") or 32
     if quantize not in TOLERANCE:
         raise PruneError(f"quantize={quantize!r} is invalid here; accepted: 32, 16, 8")
-    task = YOLO(str(weights)).task
+    yolo = YOLO(str(weights))
+    task = yolo.task
     if quantize == 8:
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):
         kwargs["data"] = resolve_data(kwargs["data"], task)
     imgsz = kwargs.get("imgsz") or 640
-    file = YOLO(str(weights)).export(format=format, **kwargs)
+    file = yolo.export(format=format, **kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
     if format not in RUNTIMES or kwargs.get("nms"):
         LOGGER.info(f"yolo-prune: no parity check for format={format}{' with nms=True' if kwargs.get('nms') else ''}")

@@ -29,6 +29,7 @@ IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
 }
 # criteria that need gradients in param.grad, and which statistic: the mean gradient or the mean squared gradient
 GRADIENT_METHODS: dict[str, str] = {"taylor": "grad", "hessian": "grad2"}
+GRAD_BATCHES = 16  # real training batches whose gradients rank the channels, in the trainer and one-shot
 
 
 def register(name: str, factory: Callable[[], tp.importance.Importance], gradients: str | None = None) -> None:

@@ -19,10 +19,8 @@ from .cfg import PruneError, check_prune_args
 from .checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from .datasets import calibration_batches, resolve_data
 from .engine import check_supported, layer_widths, model_info, options_from_cfg, prepare_model, prune_model
-from .importance import GRADIENT_METHODS
+from .importance import GRAD_BATCHES, GRADIENT_METHODS
 from .unstructured import compressed_mb, sparsify, sparsity
-
-GRAD_BATCHES = 16  # batches whose gradients rank channels for taylor / hessian
 
 
 def peak_rss_mb() -> float:
