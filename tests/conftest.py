@@ -1,5 +1,6 @@
 """Shared fixtures. Everything runs offline on CPU: models from packaged yamls, data from the built-in generator."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -36,3 +37,30 @@ def trained_pt(tmp_path_factory, tiny_data) -> Path:
         data=tiny_data, epochs=1, imgsz=64, batch=4, workers=0, project=str(project), name="t", plots=False, val=False
     )
     return project / "t" / "weights" / "last.pt"
+
+
+@pytest.fixture()
+def log_lines():
+    """Messages Ultralytics' LOGGER (which yolo-prune logs through) emits during the test, as 'LEVEL message'."""
+    from ultralytics.utils import LOGGER
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda r: lines.append(f"{r.levelname} {r.getMessage()}")
+    LOGGER.addHandler(handler)
+    yield lines
+    LOGGER.removeHandler(handler)
+
+
+NO_PLUGIN = """
+import sys
+sys.modules["yolo_prune"] = None  # 'import yolo_prune' raises ImportError: a machine with plain ultralytics
+"""
+
+
+def run_without_plugin(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh process where yolo-prune cannot be imported and ULTRALYTICS_SAFE_LOAD=1."""
+    env = {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1", "YOLO_AUTOINSTALL": "false"}
+    return subprocess.run(
+        [sys.executable, "-c", NO_PLUGIN + code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )

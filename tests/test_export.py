@@ -103,7 +103,8 @@ def test_export_cli_reports_parity(tmp_path):
     pt = pruned_pt(tmp_path, "yolo11n.yaml")
     r = run_cli("export", f"model={pt}", "format=onnx", "imgsz=128", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "parity vs PyTorch" in r.stdout + r.stderr and "ok" in r.stdout + r.stderr
+    line = next(x for x in (r.stdout + r.stderr).splitlines() if "parity vs PyTorch" in x)
+    assert float(line.split("max abs diff ")[1].split(",")[0]) <= 1e-3 and line.endswith("ok")
 
 
 def test_benchmark_cli_writes_table_csv_json_png(tmp_path):

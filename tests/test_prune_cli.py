@@ -35,7 +35,7 @@ def test_prune_half_gflops_reload_and_onnx_parity(tmp_path, cfg):
     summary = json.loads((tmp_path / "exp" / "prune_summary.json").read_text())
     assert 0.47 <= summary["gflops_reduction"] <= 0.53
     assert summary["gflops_after"] < summary["gflops_before"] and summary["params_after"] < summary["params_before"]
-    assert summary["elapsed_s"] > 0 and summary["peak_rss_mb"] > 0
+    assert 0 < summary["elapsed_s"] < 60 and 200 < summary["peak_rss_mb"] < 4000  # torch alone takes > 200 MB
     changed = {k: v for k, v in summary["layers"].items() if v[0] != v[1]}
     assert changed and all(after % 8 == 0 and after < before for before, after in changed.values())
 

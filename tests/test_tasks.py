@@ -66,6 +66,6 @@ def test_task_prunes_trains_reloads_validates_exports(tmp_path, family, task):
         )
     data = resolve_data("shapes-8", pruned.task)  # the built-in set of this task: shapes-seg-8, shapes-cls-8, ...
     metrics = YOLO(str(last)).val(data=data, imgsz=64, batch=4, plots=False, workers=0)
-    assert metrics.fitness is not None
+    assert 0.0 <= metrics.fitness <= 1.0  # a number from a validation that ran, not a skipped one
     res = export(str(last), format="onnx", imgsz=64)
     assert res["max_abs_diff"] <= 1e-3

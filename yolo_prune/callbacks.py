@@ -25,12 +25,22 @@ from .engine import (
     prepare_model,
 )
 from .importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
-from .schedule import make_schedule
+from .schedule import check_patience, make_schedule, warn_if_missed
 from .sparsity import BNSparsity, penalised_norms
-from .trainer import apply_step, broadcast_plan, renew_ema, trainer_batches, trainer_loss
+from .trainer import (
+    PruneTrainerMixin,
+    apply_step,
+    broadcast_plan,
+    check_internals,
+    renew_ema,
+    save_after_step,
+    trainer_batches,
+    trainer_loss,
+)
 from .unstructured import MaskKeeper, apply_masks, masks_from_zeros, sparsify, sparsity
 
 SCHEDULE_DEFAULTS: dict[str, Any] = {"prune_steps": None, "prune_start": None, "prune_end": None}
+STATE_VERSION = 1  # of ``prune_state``; version 0 (no "version" key) is read with the defaults it predates
 FLOPS_IMGSZ = 640  # GFLOPs are reported at 640 like Ultralytics' model info; the pruned fraction barely depends on it
 DISTILL_MESSAGE = (
     "prune steps during distillation are not supported (Ultralytics sizes the distillation projectors to the student's "
@@ -40,9 +50,53 @@ DISTILL_MESSAGE = (
 
 
 def _zeroes_weights(state: dict) -> bool:
-    """Whether a schedule zeroes weights (unstructured / 2:4) instead of removing channels (checkpoints before the
-    modes existed carry no ``mode``: structured)."""
+    """Whether a schedule zeroes weights (unstructured / 2:4) instead of removing channels."""
     return state.get("mode", "structured") != "structured"
+
+
+def make_state(cfg: dict[str, Any], schedule: list[int], base: dict) -> dict[str, Any]:
+    """A new ``prune_state``: the settings, the step epochs, the model before the first step, and progress."""
+    options = options_from_cfg(cfg)
+    options["sensitivity"] = str(options["sensitivity"]) if options["sensitivity"] else None
+    return {
+        "version": STATE_VERSION,
+        "prune": cfg["prune"],
+        "method": cfg["prune_method"],
+        "round": cfg["prune_round"],
+        "mode": cfg["prune_mode"],
+        "lambda": cfg["prune_sparsity"],
+        "options": options,
+        "schedule": list(schedule),
+        "base": base,
+        "done": 0,
+        "history": [],
+    }
+
+
+def read_state(state: dict | None) -> dict | None:
+    """A checkpoint's ``prune_state``, upgraded to the current version; PruneError if it cannot be read."""
+    if state is None:
+        return None
+    version = state.get("version", 0) if isinstance(state, dict) else None
+    if not isinstance(version, int) or version > STATE_VERSION:
+        raise PruneError(
+            f"model: its prune_state (version {version}) is newer than this yolo-prune reads (version "
+            f"{STATE_VERSION}); accepted: a checkpoint from yolo-prune <= this version, or upgrade yolo-prune"
+        )
+    missing = [k for k in ("prune", "schedule", "done", "history", "base") if k not in state]
+    if missing:
+        raise PruneError(
+            f"model: its prune_state lacks '{missing[0]}' and cannot be continued; accepted: a checkpoint written by "
+            f"yolo-prune, or train it without resume"
+        )
+    if version == 0:  # written before the state was versioned: structured, no sparsity, default options
+        state.setdefault("method", "l2")
+        state.setdefault("round", 16)
+        state.setdefault("mode", "structured")
+        state.setdefault("lambda", 0.0)
+        state.setdefault("options", {})
+        state["version"] = STATE_VERSION
+    return state
 
 
 def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -76,13 +130,16 @@ class PruneCallbacks:
         self._info: dict | None = None
         self.sparsity: BNSparsity | None = None  # proximal L1 on BN scales while steps remain
         self.keeper: MaskKeeper | None = None  # unstructured / 2:4: keeps zeroed weights at zero
+        self.kept_only = False  # a sparse checkpoint fine-tuned without a schedule of its own
 
     # --- events ---------------------------------------------------------------------------------------------------
     def on_pretrain_routine_end(self, trainer) -> None:
-        """Start a schedule, or pick up the one carried by a resumed checkpoint."""
+        """Start a schedule, pick up the one carried by a resumed checkpoint, or keep a sparse checkpoint's zeros."""
         model = unwrap_model(trainer.model)
-        state = getattr(model, "prune_state", None)
-        if trainer.resume and state:  # a resumed run keeps its checkpoint's schedule, finished or not
+        found = read_state(getattr(model, "prune_state", None))
+        self.kept_only = False
+        if trainer.resume and found:  # a resumed run keeps its checkpoint's schedule, finished or not
+            state = found
             if self.cfg["prune"] not in (None, state["prune"]):
                 LOGGER.warning(
                     f"yolo-prune: resume ignores prune={self.cfg['prune']}, continuing prune={state['prune']}"
@@ -100,20 +157,7 @@ class PruneCallbacks:
                 self.cfg["prune_start"],
                 self.cfg["prune_end"],
             )
-            options = options_from_cfg(self.cfg)
-            options["sensitivity"] = str(options["sensitivity"]) if options["sensitivity"] else None
-            state = {
-                "prune": self.cfg["prune"],
-                "method": self.cfg["prune_method"],
-                "round": self.cfg["prune_round"],
-                "mode": self.cfg["prune_mode"],
-                "lambda": self.cfg["prune_sparsity"],
-                "options": options,
-                "schedule": schedule.epochs,
-                "base": info,
-                "done": 0,
-                "history": [],
-            }
+            state = make_state(self.cfg, schedule.epochs, info)
             what = (
                 f"{state['prune']:.0%} of {info['gflops']:.2f} GFLOPs"
                 if state["mode"] == "structured"
@@ -124,22 +168,52 @@ class PruneCallbacks:
                 f"({state['method']}, round {state['round']}"
                 + (f", sparsity lambda {state['lambda']:g})" if state["lambda"] else ")")
             )
+        elif found and _zeroes_weights(found):  # fine-tuning a sparse checkpoint: its zeros must stay zeros
+            state, self.kept_only = found, True
+            LOGGER.info(f"yolo-prune: fine-tuning a {found['mode']} sparse model; its zeroed weights stay zero")
         else:
             return
-        self.state = model.prune_state = state
-        if trainer.ema is not None:
-            trainer.ema.ema.prune_state = state
+        if state["done"] < len(state["schedule"]):
+            check_internals(trainer)  # a changed Ultralytics internal stops here, not at the first step
+            self._check_schedule(trainer, state)
+        self.state = state
+        self._attach_state(trainer)
         self._info = model_info(model, FLOPS_IMGSZ)
-        if _zeroes_weights(state) and state["done"]:  # resumed: the masks are the zeros
+        if _zeroes_weights(state) and sparsity(model, state["mode"]) > 0:  # resumed or fine-tuned: zeros are masks
             self.keeper = MaskKeeper(model, masks_from_zeros(model, state["mode"]))
+
+    @staticmethod
+    def _check_schedule(trainer, state: dict) -> None:
+        """Refuse a schedule that early stopping can cut short; warn where ``time=`` may."""
+        remaining = state["schedule"][state["done"] :]
+        check_patience(trainer.args.patience, remaining, trainer.start_epoch)
+        if trainer.args.time:
+            LOGGER.warning(
+                f"yolo-prune: time={trainer.args.time} re-estimates the number of epochs after the first one; prune "
+                f"steps are at epochs {[e + 1 for e in remaining]} of {trainer.epochs}, and steps past the new end "
+                f"will not run (the run's end says how far it got)"
+            )
+
+    def _attach_state(self, trainer) -> None:
+        """Point the model and its EMA at the one state this object updates.
+
+        NaN recovery replaces the EMA with a deepcopy of the model (a copy of the state), and checkpoints pickle the
+        EMA: re-attaching at each epoch start and step keeps every copy the current one.
+        """
+        model = unwrap_model(trainer.model)
+        model.prune_state = self.state
+        if trainer.ema is not None:
+            trainer.ema.ema.prune_state = self.state
 
     def on_train_epoch_start(self, trainer) -> None:
         """Run every step scheduled at or before this epoch that has not run yet."""
         st = self.state
-        while st is not None and st["done"] < len(st["schedule"]) and trainer.epoch >= st["schedule"][st["done"]]:
+        if st is None:
+            return
+        self._attach_state(trainer)
+        while st["done"] < len(st["schedule"]) and trainer.epoch >= st["schedule"][st["done"]]:
             self.step(trainer)
-        if st is not None:
-            self._sync_hooks(trainer)
+        self._sync_hooks(trainer)
 
     def _sync_hooks(self, trainer) -> None:
         """Keep the optimizer step hooks on the current optimizer: sparsity while steps remain, masks throughout."""
@@ -161,22 +235,48 @@ class PruneCallbacks:
             self.sparsity.attach(trainer.optimizer)
 
     def on_train_epoch_end(self, trainer) -> None:
-        """Add params and GFLOPs to this epoch's results.csv row.
+        """Measure params and GFLOPs (and sparsity) for this epoch's metrics.
 
-        ``trainer.lr`` is the one dict that ``save_metrics`` writes besides losses and validation metrics, which have
-        fixed keys; Ultralytics' results plot only draws loss/metric columns, so these extra columns are safe.
+        They go into ``trainer.metrics``, the dict results.csv and every integration log as metrics:
+        :class:`PruneTrainerMixin` adds them after each validation (which replaces that dict), and here they refresh
+        the dict kept by epochs without validation. A trainer without the mixin gets no columns rather than a
+        results.csv whose columns shift between epochs. ``trainer.lr`` is left to learning rates.
         """
         if self._info is None:
             self._info = model_info(trainer.model, FLOPS_IMGSZ)
-        trainer.lr["model/params_M"] = round(self._info["params"] / 1e6, 6)  # results.csv writes %.6g
-        trainer.lr["model/GFLOPs"] = round(self._info["gflops"], 4)
+        m = {
+            "model/params_M": round(self._info["params"] / 1e6, 6),  # results.csv writes %.6g
+            "model/GFLOPs": round(self._info["gflops"], 4),
+        }
         if self.state and _zeroes_weights(self.state):
-            trainer.lr["model/sparsity"] = round(sparsity(trainer.model, self.state["mode"]), 4)
+            m["model/sparsity"] = round(sparsity(trainer.model, self.state["mode"]), 4)
+        trainer.prune_metrics = m
+        if isinstance(trainer, PruneTrainerMixin) and isinstance(getattr(trainer, "metrics", None), dict):
+            trainer.metrics.update(m)
 
     def on_train_end(self, trainer) -> None:
-        """Before/after table of the run's pruning."""
+        """Before/after table of the run's pruning, and a warning if the schedule did not finish."""
         st = self.state
-        if not st or not st["history"]:
+        if not st or self.kept_only:
+            return
+        n = len(st["schedule"])
+        if st["done"] < n:
+            now = self._info or model_info(trainer.model, FLOPS_IMGSZ)
+            if _zeroes_weights(st):
+                reached = f"sparsity {sparsity(trainer.model, st['mode']):.1%}"
+            else:
+                reached = f"{now['gflops']:.2f} GFLOPs, {1 - now['gflops'] / st['base']['gflops']:.1%} removed"
+            if trainer.args.time:
+                why = f"time={trainer.args.time} ended the run"
+            elif trainer.epoch + 1 < trainer.epochs:
+                why = f"stopped early: early stopping (patience={trainer.args.patience}) or an external stop"
+            else:
+                why = "the last epoch came first"
+            LOGGER.warning(
+                f"yolo-prune: the prune schedule did not finish: {st['done']}/{n} steps ran before training stopped "
+                f"at epoch {trainer.epoch + 1} ({why}); the model has {reached} of the {st['prune']:.0%} asked"
+            )
+        if not st["history"]:
             return
         col = "sparsity" if _zeroes_weights(st) else "reduction"
         lines = [f"{'step':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{'seconds':>9}"]
@@ -217,7 +317,10 @@ class PruneCallbacks:
             f"{after['gflops']:.2f} ({1 - after['gflops'] / st['base']['gflops']:.1%} of the original removed)"
         )
         LOGGER.info(f"yolo-prune: step {k}/{n} at epoch {trainer.epoch + 1}: {change}, {seconds:.1f}s")
-        self._save_last(trainer)
+        if not _zeroes_weights(st):
+            warn_if_missed(st["prune"] * k / n, st["base"]["gflops"], after["gflops"], f"step {k}/{n}")
+        self._attach_state(trainer)
+        save_after_step(trainer)
 
     def _structured_step(self, trainer, model, k: int, n: int, before: dict) -> None:
         st = self.state
@@ -260,21 +363,6 @@ class PruneCallbacks:
             trainer.ema = renew_ema(trainer.ema, model)  # prune.remove swapped weight storage: drop cached pairs
         self.keeper = MaskKeeper(model, masks)
         self.keeper.attach(trainer.optimizer)
-
-    @staticmethod
-    def _save_last(trainer) -> None:
-        """Write last.pt now, as the state at the end of the previous epoch plus this prune.
-
-        NaN recovery and resume reload last.pt into the live model; an unpruned last.pt would no longer fit it.
-        """
-        if RANK not in {-1, 0} or trainer.epoch == 0:  # before epoch 1 there is nothing to resume or recover from
-            return
-        epoch = trainer.epoch
-        trainer.epoch = epoch - 1  # resume restarts at ckpt epoch + 1, i.e. this (pruned, untrained) epoch
-        try:
-            trainer.save_model()
-        finally:
-            trainer.epoch = epoch
 
     @property
     def callbacks(self) -> dict[str, Callable]:

@@ -25,6 +25,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "prune_sensitivity": None,  # sensitivity.csv from 'yolo-prune sensitivity', for prune_method=sensitivity
 }
 PRUNE_MODES = ("structured", "unstructured", "2:4")
+# the versions the test suite passes on (benchmarks/compat.py); pyproject.toml declares the same ranges
+SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.190,<8.5"
 
 
 class PruneError(ValueError):

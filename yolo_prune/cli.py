@@ -10,8 +10,8 @@ import difflib
 import sys
 from typing import Any, Callable
 
+from . import __version__
 from .cfg import PRUNE_DEFAULTS, PruneError
-from .datasets import resolve_data
 
 PASSTHROUGH = ("val", "predict", "track")
 BENCHMARK_KEYS = {
@@ -130,7 +130,7 @@ def _train(overrides: dict[str, Any]) -> None:
     from .callbacks import DISTILL_MESSAGE, check_train_args
     from .checkpoint import load_model
     from .model import add_pruning
-    from .schedule import make_schedule
+    from .schedule import check_patience, make_schedule
 
     plugin = {k: overrides.pop(k) for k in TRAIN_PLUGIN_KEYS if k in overrides}
     check_keys(overrides, DEFAULT_CFG_DICT, "train")
@@ -146,7 +146,8 @@ def _train(overrides: dict[str, Any]) -> None:
         raise PruneError(DISTILL_MESSAGE)
     if cfg["prune"] is not None and not resume:  # fail before any run folder is created
         epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
-        make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
+        schedule = make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
+        check_patience(overrides.get("patience", DEFAULT_CFG_DICT["patience"]), schedule.epochs)
     yolo = load_model(model)
     add_pruning(yolo, **plugin)
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
@@ -181,6 +182,8 @@ def _benchmark(overrides: dict[str, Any]) -> None:
     if bad:
         raise PruneError(f"formats={','.join(formats)} is invalid; accepted: onnx, openvino (comma-separated)")
     if args["data"]:
+        from .datasets import resolve_data
+
         args["data"] = resolve_data(args["data"])
     benchmark(formats=formats, device=str(args.pop("device")), **args)
 
@@ -190,6 +193,8 @@ def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
 
     check_keys(overrides, DEFAULT_CFG_DICT, mode)
     if "data" in overrides:
+        from .datasets import resolve_data
+
         task = overrides.get("task")
         if task is None and overrides.get("model"):
             from .checkpoint import load_model
@@ -214,12 +219,13 @@ def entrypoint(argv: list[str] | None = None) -> int:
     """Run ``yolo-prune``; returns the exit status (2 on bad input, with one line on stderr)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if not argv or argv[0] in ("help", "-h", "--help") or (argv[0] == "version" and len(argv) == 1):
+            print(HELP if argv[:1] != ["version"] else __version__)  # no torch / Ultralytics import for these
+            return 0
         mode, overrides = parse_args(argv)
         if mode in (None, "help"):
             print(HELP)
         elif mode == "version":
-            from . import __version__
-
             print(__version__)
         elif mode in MODES:
             MODES[mode](overrides)

@@ -328,7 +328,6 @@ class ChannelPruner:
         layer_ratios: dict | None = None,
         global_rank: bool = False,
         max_ratio: float = PRUNE_DEFAULTS["prune_max_ratio"],
-        **_: object,
     ):
         self.model = unwrap_model(model)
         self.round_to = int(round_to)
@@ -565,6 +564,7 @@ def plan_for_target(
     round_to: int = PRUNE_DEFAULTS["prune_round"],
     imgsz: int = 640,
     ignored_layers=(),
+    sensitivity: str | None = None,
     **options,
 ) -> PrunePlan:
     """Plan a prune of ``model`` (prepared) that removes the fraction ``prune`` of its GFLOPs, or uses ``ratio``.
@@ -585,7 +585,7 @@ def plan_for_target(
 
         if prune is None:
             raise PruneError("prune_method=sensitivity plans for a GFLOPs target; accepted: prune=<0-1>")
-        plan = pruner.plan_removed(removed_for_target(pruner, options.get("sensitivity"), 1.0 - prune))
+        plan = pruner.plan_removed(removed_for_target(pruner, sensitivity, 1.0 - prune))
         plan.est_flops_fraction = get_flops(apply_plan(copy.deepcopy(model), plan), imgsz) / get_flops(model, imgsz)
         return plan
     if prune is None:

@@ -31,7 +31,63 @@ CALIBRATION_DATA = "shapes-256"  # built-in data for INT8 calibration when no da
 
 
 class ParityError(RuntimeError):
-    """The exported model's outputs differ from PyTorch's by more than the tolerance."""
+    """The exported model's outputs differ from PyTorch's by more than the tolerance, or its precision is not the one
+    asked for."""
+
+
+def canonical_quantize(kwargs: dict[str, Any]) -> int | str:
+    """The precision an export asks for, in Ultralytics' own spellings: ``quantize=`` 8/16/32, ``'int8'``, ``'fp16'``,
+    ``'w8a8'``... (``QUANTIZE_ALIASES``) or the deprecated ``half=True`` / ``int8=True``; 32 when unset."""
+    from ultralytics.cfg import QUANTIZE_ALIASES, QUANTIZE_VALID_VALUES
+
+    q = kwargs.get("quantize")
+    if q is None:
+        q = 8 if kwargs.get("int8") else 16 if kwargs.get("half") else None
+    if q is None:
+        return 32
+    scheme = QUANTIZE_ALIASES.get(str(q).lower())
+    if scheme is None:
+        raise PruneError(f"quantize={q!r} is invalid; accepted: {QUANTIZE_VALID_VALUES}")
+    return scheme
+
+
+def input_hw(exported: str | Path, fmt: str) -> tuple[int, int] | None:
+    """(height, width) of the exported model's image input, read from the graph; None where it is dynamic."""
+    if fmt == "onnx":
+        import onnx
+
+        dims = onnx.load(str(exported), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        hw = [d.dim_value if d.HasField("dim_value") else None for d in dims[-2:]]
+    else:
+        import openvino as ov
+
+        shape = ov.Core().read_model(str(next(Path(exported).glob("*.xml")))).inputs[0].get_partial_shape()
+        hw = [d.get_length() if d.is_static else None for d in list(shape)[-2:]]
+    return (hw[0], hw[1]) if None not in hw and len(hw) == 2 else None
+
+
+def precision_found(exported: str | Path, fmt: str) -> set[int]:
+    """Precisions the exported graph really holds: 8 (quantize/dequantize or fake-quantize ops), 16 (fp16 weights)."""
+    found: set[int] = set()
+    if fmt == "onnx":
+        import onnx
+
+        g = onnx.load(str(exported)).graph
+        ops = {n.op_type for n in g.node}
+        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "DynamicQuantizeLinear"}:
+            found.add(8)
+        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer):
+            found.add(16)
+    else:
+        import openvino as ov
+
+        ops = ov.Core().read_model(str(next(Path(exported).glob("*.xml")))).get_ops()
+        names = {op.get_type_name() for op in ops}
+        if names & {"FakeQuantize", "FakeConvert"}:
+            found.add(8)
+        if any(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f16 for op in ops):
+            found.add(16)
+    return found
 
 
 def _reference_model(weights: str | Path, nms: bool | None):
@@ -56,7 +112,8 @@ def torch_reference(weights: str | Path, x: torch.Tensor, nms: bool | None = Non
 def _reference_outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     head = model.model[-1]
     if hasattr(head, "max_det"):  # the exporter clamps top-k to the anchors available at this size
-        head.max_det = min(head.max_det, sum(int(x.shape[-1] / s) ** 2 for s in model.stride.tolist()))
+        h, w = x.shape[-2:]
+        head.max_det = min(head.max_det, sum(int(h / s) * int(w / s) for s in model.stride.tolist()))
     with torch.no_grad():
         y = model(x)
     ys = list(y) if isinstance(y, (tuple, list)) else [y]
@@ -110,8 +167,9 @@ def _diffs(ref: np.ndarray, out: np.ndarray, end2end: bool) -> dict[str, float]:
     return {"max": worst, "mean": float(np.mean(means))}
 
 
-def parity_image(imgsz: int, data: str | None = None) -> torch.Tensor:
-    """One real image as a (1, 3, imgsz, imgsz) RGB tensor in [0, 1]: data's first val image, else a generated one."""
+def parity_image(imgsz: int | tuple[int, int], data: str | None = None) -> torch.Tensor:
+    """One real image as a (1, 3, h, w) RGB tensor in [0, 1]: data's first val image, else a generated one."""
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     img = None
     if data and not Path(str(data)).is_dir():  # a classification folder has no 'val' key: use a generated image
         from ultralytics.data.utils import check_det_dataset
@@ -120,20 +178,28 @@ def parity_image(imgsz: int, data: str | None = None) -> torch.Tensor:
         files = sorted(p for p in (val.rglob("*") if val.is_dir() else []) if p.suffix.lower() in {".jpg", ".png"})
         img = cv2.imread(str(files[0])) if files else None
     if img is None:
-        img = make_image(seed=1, index=0, size=imgsz)[0]
-    img = cv2.resize(img, (imgsz, imgsz))[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
+        img = make_image(seed=1, index=0, size=max(h, w))[0]
+    img = cv2.resize(img, (w, h))[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
     return torch.from_numpy(np.ascontiguousarray(img)).float()[None] / 255
 
 
 def parity(
-    weights: str | Path, exported: str | Path, fmt: str, imgsz: int, nms: bool | None = None, data: str | None = None
+    weights: str | Path,
+    exported: str | Path,
+    fmt: str,
+    imgsz: int | tuple[int, int] | None = None,
+    nms: bool | None = None,
+    data: str | None = None,
 ) -> dict[str, float]:
     """Max and mean abs difference between the checkpoint and its export on one real image, over every output.
 
-    Pixel coordinates are divided by ``imgsz``. NMS-free detections are matched as sets; mask prototypes, which
-    depend on no ordering, are compared directly.
+    The image has the exported graph's own input size (``imgsz`` only where the graph's is dynamic). Pixel
+    coordinates are divided by the larger side. NMS-free detections are matched as sets; mask prototypes, which depend
+    on no ordering, are compared directly.
     """
-    x = parity_image(imgsz, data)
+    hw = input_hw(exported, fmt) or ((imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz or (640, 640)))
+    imgsz = max(hw)
+    x = parity_image(hw, data)
     model = _reference_model(weights, nms)
     refs = _reference_outputs(model, x)
     one2one = nms is False and hasattr(model.model[-1], "one2one_cv2")  # YOLO26 NMS-free: (B, max_det, 6 + extras)
@@ -162,27 +228,43 @@ def onnx_parity(weights: str | Path, onnx_file: str | Path, imgsz: int = 640) ->
 def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
     """Export ``weights`` with Ultralytics' exporter and check parity; returns file, precision, diff and tolerance.
 
-    ``kwargs`` are Ultralytics export keys (``imgsz``, ``dynamic``, ``simplify``, ``nms``, ``quantize``, ``data``...).
-    INT8 calibrates on ``data``, the built-in dataset by default. Raises ParityError over the tolerance.
+    ``kwargs`` are Ultralytics export keys (``imgsz``, ``dynamic``, ``simplify``, ``nms``, ``quantize``, ``data``...);
+    without ``imgsz`` the checkpoint's own training imgsz is used, as Ultralytics does, and parity runs at the
+    exported graph's input size. INT8 calibrates on ``data``, the built-in dataset by default. Raises ParityError over
+    the tolerance, or when an fp16 / INT8 export does not hold that precision. A parity check that cannot run is a
+    warning that says why.
     """
-    quantize = kwargs.get("quantize") or 32
-    if quantize not in TOLERANCE:
-        raise PruneError(f"quantize={quantize!r} is invalid here; accepted: 32, 16, 8")
+    quantize = canonical_quantize(kwargs)
     yolo = YOLO(str(weights))
     task = yolo.task
     if quantize == 8:
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):
         kwargs["data"] = resolve_data(kwargs["data"], task)
-    imgsz = kwargs.get("imgsz") or 640
     file = yolo.export(format=format, **kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
-    if format not in RUNTIMES or kwargs.get("nms"):
-        LOGGER.info(f"yolo-prune: no parity check for format={format}{' with nms=True' if kwargs.get('nms') else ''}")
-        return result
-    diff = parity(
-        weights, file, format, imgsz if isinstance(imgsz, int) else max(imgsz), kwargs.get("nms"), kwargs.get("data")
+    skip = (
+        f"format={format} has no runtime here to run it (checked: {', '.join(sorted(RUNTIMES))})"
+        if format not in RUNTIMES
+        else "nms=True adds NMS to the graph, whose kept boxes PyTorch's raw head does not give"
+        if kwargs.get("nms")
+        else f"quantize={quantize!r} has no parity criterion (checked: 32, 16, 8)"
+        if quantize not in TOLERANCE
+        else None
     )
+    if skip:
+        LOGGER.warning(f"yolo-prune: parity NOT checked for {file}: {skip}")
+        result["skipped"] = skip
+        return result
+    found = precision_found(file, format)
+    if quantize in (8, 16) and quantize not in found:
+        raise ParityError(
+            f"{format} export {file} was asked for quantize={quantize} but its graph holds no "
+            f"{'INT8 (quantize/dequantize)' if quantize == 8 else 'fp16'} weights or ops"
+        )
+    args = yolo.model.args if isinstance(yolo.model.args, dict) else {}
+    imgsz = kwargs.get("imgsz") or args.get("imgsz")  # for dynamic graphs: what Model.export exported at
+    diff = parity(weights, file, format, imgsz, kwargs.get("nms"), kwargs.get("data"))
     stat, tol = TOLERANCE[quantize]
     result.update(max_abs_diff=diff["max"], mean_abs_diff=diff["mean"], criterion=f"{stat} <= {tol:g}")
     ok = diff[stat] <= tol

@@ -15,11 +15,13 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
 from . import __version__
+from .callbacks import make_state
 from .cfg import PruneError, check_prune_args
 from .checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from .datasets import calibration_batches, resolve_data
 from .engine import check_supported, layer_widths, model_info, options_from_cfg, prepare_model, prune_model
 from .importance import GRAD_BATCHES, GRADIENT_METHODS
+from .schedule import warn_if_missed
 from .unstructured import compressed_mb, sparsify, sparsity
 
 
@@ -63,7 +65,8 @@ def prune_file(
     yolo = load_model(model)
     net = yolo.model
     check_supported(net)
-    prepare_model(net)
+    if mode == "structured":  # sparse modes keep Ultralytics' own blocks: their checkpoints load without the plugin
+        prepare_model(net)
     before, widths_before = model_info(net, imgsz), layer_widths(net)
 
     t0 = time.perf_counter()
@@ -90,6 +93,12 @@ def prune_file(
         extra = {"sparsity": round(sparsity(net, mode), 4), "compressed_mb": round(compressed_mb(net), 3)}
     elapsed = time.perf_counter() - t0
     after, widths_after = model_info(net, imgsz), layer_widths(net)
+    if mode == "structured" and cfg["prune"] is not None:
+        warn_if_missed(cfg["prune"], before["gflops"], after["gflops"], "prune")
+    # what was done travels with the model (a plain dict, loadable anywhere): fine-tuning a sparse model keeps its zeros
+    net.prune_state = make_state(
+        {**cfg, "prune": cfg["prune"] or cfg["prune_ratio"] or (0.5 if mode == "2:4" else None)}, [], before
+    )
 
     summary = {
         "model": str(model),

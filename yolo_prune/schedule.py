@@ -76,3 +76,37 @@ def make_schedule(
     for k in range(1, steps):  # rounding can collide on tight ranges: keep the steps in distinct epochs
         epochs[k] = max(epochs[k], epochs[k - 1] + 1)
     return PruneSchedule(prune, epochs)
+
+
+TARGET_TOLERANCE = 0.01  # a reached GFLOPs reduction more than 1 point off the target is reported
+
+
+def warn_if_missed(target: float, base_gflops: float, gflops: float, where: str) -> bool:
+    """Warn (one line, with the reached figure) when the GFLOPs removed miss ``target`` by more than 1 point."""
+    reached = 1.0 - gflops / base_gflops
+    if abs(reached - target) <= TARGET_TOLERANCE:
+        return False
+    from ultralytics.utils import LOGGER
+
+    LOGGER.warning(
+        f"yolo-prune: {where} missed its GFLOPs target: {reached:.1%} removed ({base_gflops:.2f} -> {gflops:.2f} "
+        f"GFLOPs), target {target:.1%}; the nearest reachable plan at this prune_round was used"
+    )
+    return True
+
+
+def check_patience(patience: int | None, epochs: list[int], start: int = 0) -> None:
+    """PruneError if early stopping can end the run before the last step.
+
+    Each step restarts Ultralytics' best-fitness tracking, so with no improvement the stopper fires ``patience``
+    epochs after a step (or after epoch 1): the steps are safe when no two consecutive ones (counting from ``start``)
+    are more than ``patience`` epochs apart.
+    """
+    points = [start, *epochs]
+    gap = max((b - a for a, b in zip(points, points[1:])), default=0)
+    if patience is not None and patience < gap:
+        raise PruneError(
+            f"patience={patience} can stop training before the last prune step ({gap} epochs between steps at "
+            f"epochs {[e + 1 for e in epochs]}); accepted: patience >= {gap}, or steps closer together "
+            f"(prune_start / prune_end / prune_steps)"
+        )

@@ -8,21 +8,26 @@ returns a pruned module as it is instead.
 from __future__ import annotations
 
 import inspect
+import io
+import logging
 import math
+from copy import deepcopy
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import ultralytics
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
-from ultralytics.utils import LOGGER
+from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from .blocks import C2fSplit, C2PSASplit
-from .cfg import PruneError
+from .cfg import SUPPORTED_ULTRALYTICS, PruneError
+from .checkpoint import atomic_write_bytes
 from .datasets import resolve_data
 from .engine import PrunePlan, apply_plan
 
@@ -59,6 +64,18 @@ class PruneTrainerMixin:
         for p in weights.parameters():
             p.requires_grad = True  # as ClassificationTrainer.get_model does
         return weights
+
+    def validate(self):
+        """Validation metrics plus the model's size columns (``model/params_M``, ``model/GFLOPs``, ...).
+
+        ``trainer.metrics`` is the route every integration (TensorBoard, W&B, MLflow, ClearML, Comet, DVC) and
+        results.csv read metrics from; ``validate`` replaces it each epoch, so the columns are added here, from what
+        PruneCallbacks measured at the end of this epoch's training.
+        """
+        metrics, fitness = super().validate()
+        if metrics is not None:
+            metrics.update(getattr(self, "prune_metrics", None) or {})
+        return metrics, fitness
 
 
 class PruneDetectionTrainer(PruneTrainerMixin, DetectionTrainer):
@@ -134,30 +151,134 @@ def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.Distribu
     )
 
 
-def rebuild_optimizer(trainer) -> None:
-    """New optimizer and scheduler for the current parameters, at the trainer's current epoch.
+def build_like_ultralytics(trainer, name: str | None = None) -> torch.optim.Optimizer:
+    """An optimizer for the trainer's current parameters, built with the call ``_build_train_pipeline`` makes.
 
-    The optimizer type, lr and momentum are read from the live optimizer: with ``optimizer=auto`` Ultralytics picks
-    them itself (e.g. AdamW with beta1 0.9, not ``args.momentum``), so rebuilding from ``args`` would change them.
-    Decay and iterations use the same formula as ``_build_train_pipeline``.
+    ``name`` defaults to the type of the live optimizer (``optimizer=auto`` has already chosen it). The group layout
+    (weight / bn / bias, MuSGD's muon groups and its boosted head groups) follows from the model, so it matches the
+    live optimizer's; hyperparameters are then copied from that one (:func:`copy_hyperparameters`).
     """
-    args, old = trainer.args, trainer.optimizer
-    group = next(g for g in old.param_groups if g.get("param_group") == "bias") if old else {}
-    momentum = group["betas"][0] if "betas" in group else group.get("momentum", args.momentum)
+    args = trainer.args
     accumulate = max(round(args.nbs / trainer.batch_size), 1)
     weight_decay = args.weight_decay * trainer.batch_size * accumulate / args.nbs
     iterations = math.ceil(len(trainer.train_loader.dataset) / max(trainer.batch_size, args.nbs)) * trainer.epochs
-    trainer.optimizer = trainer.build_optimizer(
-        model=trainer.model,
-        name=type(old).__name__ if old else args.optimizer,
-        lr=group.get("initial_lr", args.lr0),
-        momentum=momentum,
-        decay=weight_decay,
-        iterations=iterations,
-    )
-    trainer._setup_scheduler()
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)  # build_optimizer logs its choice; it was logged once already at the start
+    try:
+        return trainer.build_optimizer(
+            model=trainer.model,
+            name=name or type(trainer.optimizer).__name__,
+            lr=args.lr0,
+            momentum=args.momentum,
+            decay=weight_decay,
+            iterations=iterations,
+        )
+    finally:
+        LOGGER.setLevel(level)
+
+
+def optimizer_layout(optimizer: torch.optim.Optimizer) -> list[tuple[str | None, bool]]:
+    """(param_group tag, has parameters) per group, in order: what must match for hyperparameters to carry over.
+
+    Parameter counts may differ (a prune step's two-conv blocks hold one more conv), the groups' roles may not.
+    """
+    return [(g.get("param_group"), bool(g["params"])) for g in optimizer.param_groups]
+
+
+def copy_hyperparameters(src: torch.optim.Optimizer, dst: torch.optim.Optimizer) -> None:
+    """Give every group of ``dst`` the hyperparameters of the same group of ``src`` (lr, initial_lr, momentum or
+    betas, weight_decay, MuSGD's flags: everything but the parameters).
+
+    Reading one lr and rebuilding from it is wrong whenever groups differ: MuSGD boosts the head's groups to 3x lr0,
+    warmup gives the bias group its own lr, and auto picks AdamW's betas itself. Copying group by group keeps exactly
+    what Ultralytics has at this point of the schedule, for every optimizer.
+    """
+    if optimizer_layout(src) != optimizer_layout(dst):
+        raise RuntimeError(
+            f"yolo-prune: rebuilt optimizer groups {optimizer_layout(dst)} differ from the live ones "
+            f"{optimizer_layout(src)}; supported: {SUPPORTED_ULTRALYTICS}"
+        )
+    for old, new in zip(src.param_groups, dst.param_groups):
+        new.update({k: v for k, v in old.items() if k != "params"})
+
+
+def rebuild_optimizer(trainer) -> None:
+    """New optimizer and scheduler for the current parameters, at the trainer's current epoch.
+
+    Every group keeps the live optimizer's hyperparameters (see :func:`copy_hyperparameters`); the scheduler is set up
+    the way Ultralytics does and placed at the same epoch. Optimizer state (momentum buffers) starts afresh: its
+    tensors have the old shapes.
+    """
+    old = trainer.optimizer
+    trainer.optimizer = build_like_ultralytics(trainer)
+    copy_hyperparameters(old, trainer.optimizer)
+    trainer._setup_scheduler()  # LambdaLR's first step rewrites lr from initial_lr: copy again below
+    copy_hyperparameters(old, trainer.optimizer)
+    trainer.scheduler.base_lrs = [g["initial_lr"] for g in trainer.optimizer.param_groups]
     trainer.scheduler.last_epoch = trainer.epoch - 1  # the epoch loop steps it right after on_train_epoch_start
     trainer.optimizer.zero_grad()
+
+
+def check_internals(trainer) -> None:
+    """Stop before any training if an Ultralytics internal the prune step relies on is not as expected.
+
+    Checked: the optimizer's group tags and a rebuild with the same layout, the scheduler setup, ModelEMA's fields and
+    tensor cache, the early stopper's fields, and the checkpoint paths. A mismatch raises PruneError naming it.
+    """
+    problems = []
+    opt = trainer.optimizer
+    tags = {g.get("param_group") for g in opt.param_groups}
+    if not tags <= {"weight", "bn", "bias", "muon"} or not all("initial_lr" in g for g in opt.param_groups):
+        problems.append(f"optimizer param_group tags {sorted(map(str, tags))}")
+    else:
+        try:
+            if optimizer_layout(build_like_ultralytics(trainer)) != optimizer_layout(opt):
+                problems.append("BaseTrainer.build_optimizer group layout")
+        except Exception as e:  # a changed signature or attribute
+            problems.append(f"BaseTrainer.build_optimizer ({type(e).__name__}: {e})")
+    if not callable(getattr(trainer, "_setup_scheduler", None)) or not hasattr(trainer.scheduler, "last_epoch"):
+        problems.append("BaseTrainer._setup_scheduler / scheduler.last_epoch")
+    ema = trainer.ema
+    if ema is not None and not all(hasattr(ema, a) for a in ("ema", "updates", "decay", "enabled", "_pairs")):
+        problems.append("ModelEMA fields (ema, updates, decay, enabled, _pairs tensor cache)")
+    if not all(hasattr(trainer.stopper, a) for a in ("best_fitness", "best_epoch", "possible_stop", "patience")):
+        problems.append("EarlyStopping fields (best_fitness, best_epoch, possible_stop, patience)")
+    if not all(hasattr(trainer, a) for a in ("last", "wdir", "best_fitness", "save_model")):
+        problems.append("BaseTrainer checkpoint fields (last, wdir, best_fitness, save_model)")
+    if problems:
+        raise PruneError(
+            f"ultralytics {ultralytics.__version__}: {problems[0]} is not what yolo-prune relies on; "
+            f"supported: {SUPPORTED_ULTRALYTICS}"
+        )
+
+
+def save_after_step(trainer) -> bool:
+    """Rewrite last.pt as the end of the previous epoch plus this prune step, atomically; fire ``on_model_save``.
+
+    NaN recovery and resume reload last.pt into the live model, and an unpruned last.pt would no longer fit it. The
+    checkpoint Ultralytics wrote at the end of the previous epoch is kept as it is (its epoch, train_args, results)
+    with the pruned EMA, its update count, the new optimizer and restarted best-fitness tracking swapped in. No
+    epoch{N}.pt (``save_period``) and no best.pt is touched. Returns whether last.pt was written.
+    """
+    if RANK not in {-1, 0} or trainer.epoch == 0 or not trainer.args.save or not trainer.last.is_file():
+        return False  # before the first epoch ends there is nothing to resume or recover from
+    ckpt = torch.load(trainer.last, map_location="cpu", weights_only=False)
+    ema = deepcopy(trainer.ema.ema).half().to(memory_format=torch.contiguous_format)
+    if hasattr(ema, "criterion"):
+        ema.criterion = None  # training-only state, as save_model strips it
+    ckpt.update(
+        ema=ema,
+        model=None,
+        updates=trainer.ema.updates,
+        optimizer=trainer.optimizer.state_dict(),
+        best_fitness=trainer.best_fitness,
+        stopper={"best_fitness": trainer.stopper.best_fitness, "best_epoch": trainer.stopper.best_epoch},
+    )
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(trainer.last, buffer.getvalue())
+    trainer.run_callbacks("on_model_save")
+    return True
 
 
 def broadcast_plan(plan: PrunePlan | None) -> PrunePlan:
