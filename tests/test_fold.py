@@ -126,6 +126,34 @@ def test_fold_matches_split_and_gives_ultralytics_classes(pruned_detect, family)
     copy.deepcopy(pruned).train()(x)  # the training forward runs on the folded blocks
 
 
+def test_planner_moves_split_halves_in_lockstep(tmp_path):
+    """Uniform ratio, GFLOPs target (with its one-unit-at-a-time gap closing) and sensitivity allocation all remove the
+    same count from a block's two halves, and none from a half whose partner cannot be pruned (it feeds attention)."""
+    from yolo_prune.engine import ChannelPruner
+    from yolo_prune.sensitivity import removed_for_target
+
+    model = prepare_model(YOLO("yolo26n.yaml").model)
+    pruner = ChannelPruner(model, round_to=8)
+    assert len(pruner.pairs) == sum(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
+    assert any(None in pair for pair in pruner.pairs)  # C2PSA and the attention C3k2: cv1 half feeds Attention
+    table = tmp_path / "sensitivity.csv"
+    rows = [f"{k},{r},{0.01 * (k % 5 + 1) * r}" for k in pruner.layer_keys() for r in (0.25, 0.5, 0.75)]
+    table.write_text("layer,ratio,drop\nnone,0,0\n" + "\n".join(rows) + "\n")
+    plans = {
+        "ratio": pruner.plan(ratio=0.5),
+        "flops": pruner.plan(flops_fraction=0.5),
+        "sensitivity": pruner.plan_removed(removed_for_target(pruner, table, 0.5)),
+    }
+    for how, plan in plans.items():
+        removed = {name: len(idxs) for name, idxs in plan.groups}
+        counts = [[removed.get(pruner.groups[g][0], 0) if g is not None else None for g in p] for p in pruner.pairs]
+        assert any(c[0] for c in counts), how  # halves were pruned at all
+        for c in counts:
+            assert c[0] == c[1] or (None in c and not any(c[i] for i in (0, 1) if c[i] is not None)), (how, c)
+    unranked = ChannelPruner(model, round_to=8, global_rank=True)
+    assert unranked.pairs == []  # prune_global ranks every group alone
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_has_as_many_convs_as_unpruned(tmp_path, pruned_detect, family):
     """Folding leaves no extra conv: the pruned ONNX graph has the unpruned graph's Conv node count."""
