@@ -9,10 +9,18 @@ from ultralytics import YOLO
 from ultralytics.nn.modules.block import C2PSA, Attention, C2f
 from ultralytics.utils.torch_utils import get_flops
 
+from yolo_prune.blocks import C2fFolded, C2fSplit, C2PSASplit
 from yolo_prune.checkpoint import save_checkpoint
+from yolo_prune.engine import (
+    ChannelPruner,
+    PrunePlan,
+    apply_plan,
+    build_graph,
+    match_layer,
+    prepare_model,
+    prune_model,
+)
 from yolo_prune.export import onnx_parity
-from yolo_prune.blocks import C2fSplit, C2PSASplit
-from yolo_prune.engine import ChannelPruner, PrunePlan, apply_plan, build_graph, prepare_model, prune_model
 
 X = torch.rand(2, 3, 64, 64)
 
@@ -29,7 +37,8 @@ def eval_out(model, x=X):
 
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
 def test_trap1_split_blocks_replace_chunk_exactly(cfg):
-    """C2f/C3k2/C2PSA chunk/split -> two convs; outputs identical, and halves can end up with different widths."""
+    """C2f/C3k2/C2PSA chunk/split -> two convs while pruning; outputs identical; halves pruned to different widths fold
+    to a yolo-prune class, equal halves back to Ultralytics' own."""
     model = net(cfg)
     ref = eval_out(model)
     n_stock = sum(isinstance(m, (C2f, C2PSA)) for m in model.modules())
@@ -39,10 +48,23 @@ def test_trap1_split_blocks_replace_chunk_exactly(cfg):
     assert sum(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules()) == n_stock
     assert torch.equal(eval_out(model), ref)
     name, block = next((n, m) for n, m in model.named_modules() if isinstance(m, C2fSplit))
-    c = block.c
+    c, base = block.c, block.base
     apply_plan(model, PrunePlan(groups=[(f"{name}.cv0.conv", list(range(8)))]))  # prune one half only
-    assert (block.cv0.conv.out_channels, block.cv1.conv.out_channels) == (c - 8, c)
+    block = model.get_submodule(name)
+    assert type(block) is C2fFolded and block.base is base
+    assert (block.c0, block.c1, block.cv1.conv.out_channels) == (c - 8, c, 2 * c - 8)
     assert block.cv2.conv.in_channels == (2 + len(block.m)) * c - 8
+    assert not any(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())  # folded after the prune
+    model.train()
+    model(X)
+    assert eval_out(model).shape == ref.shape
+    pruner = ChannelPruner(prepare_model(model))
+    g0, g1 = pruner.pairs[0]  # the groups owning the first block's cv0 and cv1 channels
+    assert pruner.groups[g0][0] == f"{name}.cv0.conv" and match_layer(pruner.groups[g1][0], name)
+    cv1_root = pruner.groups[g1][0]
+    apply_plan(model, PrunePlan(groups=[(cv1_root, list(range(8)))]))  # the other half catches up: equal again
+    block = model.get_submodule(name)
+    assert type(block) is base and block.c == c - 8 and block.cv1.conv.out_channels == 2 * c - 16
     model.train()
     model(X)
     assert eval_out(model).shape == ref.shape
@@ -54,6 +76,7 @@ def test_trap2_pruned_model_survives_deepcopy_and_save():
     prune_model(model, prune=0.5)
     assert not any("forward" in vars(m) for m in model.modules())
     assert all(type(m).__module__ != "__main__" for m in model.modules())
+    assert all(type(m).__module__.split(".")[0] in {"ultralytics", "torch"} for m in model.modules())  # trap 20
     ref = eval_out(model)
     assert torch.equal(eval_out(copy.deepcopy(model)), ref)
     buf = io.BytesIO()
@@ -66,9 +89,10 @@ def test_trap3_exporter_forward_split_keeps_unequal_halves(tmp_path):
     """The exporter swaps in forward_split on C2f instances; with unequal halves the ONNX must still match PyTorch."""
     model = net("yolo11n.yaml")
     prepare_model(model)
-    name, block = next((n, m) for n, m in model.named_modules() if isinstance(m, C2fSplit))
+    name = next(n for n, m in model.named_modules() if isinstance(m, C2fSplit))
     apply_plan(model, PrunePlan(groups=[(f"{name}.cv0.conv", list(range(8)))]))
-    assert not isinstance(block, C2f)  # so Exporter does not patch it
+    block = model.get_submodule(name)
+    assert isinstance(block, C2fFolded) and not isinstance(block, C2f)  # so Exporter does not patch it
     pt = save_checkpoint(model, tmp_path / "half.pt", {"task": "detect", "imgsz": 64})
     onnx = YOLO(str(pt)).export(format="onnx", imgsz=64)
     assert onnx_parity(pt, onnx, imgsz=64) <= 1e-3

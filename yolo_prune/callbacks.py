@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from .blocks import needs_yolo_prune
 from .cfg import PruneError, check_prune_args
 from .engine import (
     check_forward,
@@ -275,6 +276,12 @@ class PruneCallbacks:
             LOGGER.warning(
                 f"yolo-prune: the prune schedule did not finish: {st['done']}/{n} steps ran before training stopped "
                 f"at epoch {trainer.epoch + 1} ({why}); the model has {reached} of the {st['prune']:.0%} asked"
+            )
+        needs = needs_yolo_prune(unwrap_model(trainer.model))
+        if needs:
+            LOGGER.warning(
+                f"yolo-prune: {trainer.best.name} and {trainer.last.name} need yolo-prune installed to load: blocks "
+                f"{', '.join(needs)} have halves of different widths (prune_global / prune_layers)"
             )
         if not st["history"]:
             return

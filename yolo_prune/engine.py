@@ -39,7 +39,7 @@ from ultralytics.nn.modules.head import OBB, OBB26, Classify, Detect, Pose, Pose
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
-from .blocks import C2fSplit, C2PSASplit
+from .blocks import C2fFolded, C2fSplit, C2PSAFolded, C2PSASplit, fold_model, split_model
 from .cfg import PRUNE_DEFAULTS, PruneError
 from .importance import GRADIENT_METHODS, accumulate_gradients, frozen_bn_stats, get_importance
 
@@ -62,6 +62,8 @@ SUPPORTED_BLOCKS = (
     DFL,
     C2fSplit,
     C2PSASplit,
+    C2fFolded,
+    C2PSAFolded,
     Segment,
     Segment26,
     Proto,
@@ -135,19 +137,9 @@ def check_supported(model: nn.Module) -> None:
 
 
 def prepare_model(model: nn.Module) -> nn.Module:
-    """Swap C2f/C3k2/C2PSA for their two-conv equivalents in place (idempotent; outputs are unchanged)."""
+    """Swap C2f/C3k2/C2PSA (stock or folded) for their two-conv equivalents in place (idempotent; outputs unchanged)."""
     model = unwrap_model(model)
-
-    def swap(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            if isinstance(child, C2f):  # C3k2 included
-                setattr(parent, name, C2fSplit(child))
-            elif isinstance(child, C2PSA):
-                setattr(parent, name, C2PSASplit(child))
-            else:
-                swap(child)
-
-    swap(model)
+    split_model(model)
     return model
 
 
@@ -353,7 +345,41 @@ class ChannelPruner:
                 raise PruneError(f"prune_layers: {key!r} matches no prunable layer; accepted: {self.layer_keys()}")
             for g in hits:
                 self.fixed[g] = len(self.groups[g][1]) - kept_channels(len(self.groups[g][1]), ratio, self.round_to)
+        # stock C2f / C2PSA need equal halves: each split block's two groups move together unless ranked globally
+        self.pairs = [] if global_rank else self._split_pairs(layer_ratios or {})
         self._flops_model = self._conv_costs()
+
+    def _split_pairs(self, layer_ratios: dict) -> list[tuple[int | None, int | None]]:
+        """Per split block, the groups owning its ``cv0`` and ``cv1`` output channels (None: not prunable).
+
+        A block with a ``layer_ratios`` key inside it (e.g. ``model.2.cv0``) that fixes one of the two groups is left
+        out: the user asked for that half alone, so the halves may differ (the block then folds to a yolo-prune class).
+        """
+        owner: dict[nn.Module, int] = {}
+        for g, (_, _, group, _) in enumerate(self.groups):
+            for dep, _ in group:
+                if self.graph.is_out_channel_pruning_fn(dep.handler):
+                    owner.setdefault(dep.target.module, g)
+        pairs = []
+        for name, block in self.model.named_modules():
+            if not isinstance(block, (C2fSplit, C2PSASplit)):
+                continue
+            pair = (owner.get(block.cv0.conv), owner.get(block.cv1.conv))
+            inside = [k for k in layer_ratios if str(k).startswith(name + ".")]  # int keys name whole layers
+            if not any(g is not None and match_layer(self.groups[g][0], k) for k in inside for g in pair):
+                pairs.append(pair)
+        return pairs
+
+    def lock(self, removed: list[int]) -> list[int]:
+        """``removed`` with both halves of each split block at the same count: the smaller of the two, or none when one
+        half cannot be pruned (e.g. the half feeding attention), so every block folds back to Ultralytics' class."""
+        out = list(removed)
+        for pair in self.pairs:
+            n = 0 if None in pair else min(out[g] for g in pair)
+            for g in pair:
+                if g is not None:
+                    out[g] = n
+        return out
 
     def layer_keys(self) -> list[int]:
         """Ultralytics layer indices that hold at least one prunable group."""
@@ -407,10 +433,12 @@ class ChannelPruner:
         return total
 
     def _removed(self, ratio: float) -> list[int]:
-        return [
-            self.fixed.get(g, len(order) - kept_channels(len(order), ratio, self.round_to))
-            for g, (_, order, *_) in enumerate(self.groups)
-        ]
+        return self.lock(
+            [
+                self.fixed.get(g, len(order) - kept_channels(len(order), ratio, self.round_to))
+                for g, (_, order, *_) in enumerate(self.groups)
+            ]
+        )
 
     def plan(self, ratio: float | None = None, flops_fraction: float | None = None) -> PrunePlan:
         """Plan a prune at a per-layer channel ``ratio``, or to keep ``flops_fraction`` of the current GFLOPs.
@@ -426,7 +454,8 @@ class ChannelPruner:
         return self.plan_removed(removed)
 
     def plan_removed(self, removed: list[int]) -> PrunePlan:
-        """The plan that removes the ``removed[g]`` least important channels of each group ``g``."""
+        """The plan that removes the ``removed[g]`` least important channels of each group ``g`` (split halves locked)."""
+        removed = self.lock(removed)
         groups = [(name, sorted(order[:n])) for (name, order, *_), n in zip(self.groups, removed) if n > 0]
         est = self.estimate_flops(removed) / self.estimate_flops([0] * len(removed))
         total = sum(len(order) for _, order, *_ in self.groups)
@@ -439,7 +468,7 @@ class ChannelPruner:
         ratio is searched first on the analytic estimate (no copy, no re-trace); with ``round_to`` it moves in coarse
         steps on small models, so the remaining gap is closed one rounding unit at a time, always in the group that is
         currently pruned least, which keeps the allocation as close to uniform as the rounding allows. Groups with a
-        fixed ratio (``layer_ratios``) keep it.
+        fixed ratio (``layer_ratios``) keep it; the two halves of a split block move together, one unit each.
         """
         base = self.estimate_flops([0] * len(self.groups))
         frac = lambda removed: self.estimate_flops(removed) / base  # noqa: E731
@@ -450,17 +479,17 @@ class ChannelPruner:
         removed = self._removed(lo)
         sizes = [len(order) for _, order, *_ in self.groups]
         current = frac(removed)
+        paired = {g for pair in self.pairs for g in pair}
+        units = [(g,) for g in range(len(sizes)) if g not in self.fixed and g not in paired]
+        units += [p for p in self.pairs if None not in p and not any(g in self.fixed for g in p)]
         while current > flops_fraction:
-            room = [
-                g
-                for g, (n, c) in enumerate(zip(removed, sizes))
-                if g not in self.fixed and c - n - self.round_to >= self.round_to
-            ]
+            room = [u for u in units if all(sizes[g] - removed[g] - self.round_to >= self.round_to for g in u)]
             if not room:
                 break
-            g = min(room, key=lambda g: (removed[g] / sizes[g], -sizes[g]))
+            unit = min(room, key=lambda u: (removed[u[0]] / sizes[u[0]], -sizes[u[0]]))
             trial = removed.copy()
-            trial[g] += self.round_to
+            for g in unit:
+                trial[g] += self.round_to
             new = frac(trial)
             if new <= flops_fraction and flops_fraction - new > current - flops_fraction:
                 break  # one more unit overshoots by more than it closes
@@ -504,8 +533,9 @@ class ChannelPruner:
         return removed
 
     def apply(self, plan: PrunePlan) -> None:
-        """Apply ``plan`` to this pruner's own model (the graph is stale afterwards)."""
+        """Apply ``plan`` to this pruner's own model and fold it (see :func:`apply_plan`; the graph is stale after)."""
         _apply(self.model, self.graph, plan)
+        fold_model(self.model)
 
 
 def _apply(model: nn.Module, graph: tp.DependencyGraph, plan: PrunePlan) -> None:
@@ -521,9 +551,14 @@ def _apply(model: nn.Module, graph: tp.DependencyGraph, plan: PrunePlan) -> None
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
-    """Remove the channels in ``plan`` from ``model`` in place (any model structurally identical to the planned one)."""
+    """Remove the channels in ``plan`` from ``model`` in place (any model structurally identical to the planned one).
+
+    The model is split for the prune and folded afterwards, so the live model, its EMA and every checkpoint hold one
+    ``cv1`` conv per block (Ultralytics' own classes where the halves kept equal widths).
+    """
     model = prepare_model(unwrap_model(model))
     _apply(model, build_graph(model), plan)
+    fold_model(model)
     return model
 
 

@@ -15,11 +15,12 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
 from . import __version__
+from .blocks import fold_model, needs_yolo_prune
 from .callbacks import make_state
 from .cfg import PruneError, check_prune_args
 from .checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from .datasets import calibration_batches, resolve_data
-from .engine import check_supported, layer_widths, model_info, options_from_cfg, prepare_model, prune_model
+from .engine import check_supported, layer_widths, model_info, options_from_cfg, prune_model
 from .importance import GRAD_BATCHES, GRADIENT_METHODS
 from .schedule import warn_if_missed
 from .unstructured import compressed_mb, sparsify, sparsity
@@ -65,8 +66,7 @@ def prune_file(
     yolo = load_model(model)
     net = yolo.model
     check_supported(net)
-    if mode == "structured":  # sparse modes keep Ultralytics' own blocks: their checkpoints load without the plugin
-        prepare_model(net)
+    fold_model(net)  # one cv1 per block (older yolo-prune checkpoints hold split blocks): stable layer names
     before, widths_before = model_info(net, imgsz), layer_widths(net)
 
     t0 = time.perf_counter()
@@ -92,6 +92,7 @@ def prune_file(
         channel_ratio = 0.0
         extra = {"sparsity": round(sparsity(net, mode), 4), "compressed_mb": round(compressed_mb(net), 3)}
     elapsed = time.perf_counter() - t0
+    needs = needs_yolo_prune(net)  # prune_model folds; blocks whose halves differ stay yolo-prune classes
     after, widths_after = model_info(net, imgsz), layer_widths(net)
     if mode == "structured" and cfg["prune"] is not None:
         warn_if_missed(cfg["prune"], before["gflops"], after["gflops"], "prune")
@@ -117,6 +118,7 @@ def prune_file(
         "elapsed_s": round(elapsed, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "layers": {k: [widths_before[k], widths_after[k]] for k in widths_before},
+        "needs_yolo_prune": needs,
         "versions": {
             "yolo_prune": __version__,
             "ultralytics": ultralytics.__version__,
@@ -129,6 +131,11 @@ def prune_file(
     atomic_write_bytes(save_dir / "prune_summary.json", json.dumps(summary, indent=2).encode())
     summary["save_dir"] = str(save_dir)
     LOGGER.info(format_table(summary))
+    if needs:
+        LOGGER.warning(
+            f"yolo-prune: {weights} needs yolo-prune installed to load: blocks {', '.join(needs)} have halves of "
+            f"different widths (prune_global / prune_layers), which Ultralytics' own classes cannot hold"
+        )
     LOGGER.info(f"Pruned in {elapsed:.1f}s (peak RSS {summary['peak_rss_mb']:.0f} MB) -> {weights}")
     return summary
 

@@ -185,7 +185,7 @@ def removed_for_target(pruner: ChannelPruner, path: str | Path, flops_fraction: 
         for layer, ratio in levels.items():
             if ratio > 0:
                 out = [max(a, b) for a, b in zip(out, layer_plan(pruner, layer, ratio))]
-        return out
+        return pruner.lock(out)  # as plan_removed will: split halves equal, so the estimate matches the plan
 
     current = pruner.estimate_flops(removed_at(level)) / base
     while current > flops_fraction:

@@ -7,6 +7,7 @@ returns a pruned module as it is instead.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import logging
@@ -25,7 +26,7 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
-from .blocks import C2fSplit, C2PSASplit
+from .blocks import needs_yolo_prune
 from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 from .checkpoint import atomic_write_bytes
 from .datasets import resolve_data
@@ -33,9 +34,26 @@ from .engine import PrunePlan, apply_plan
 
 
 def is_pruned(model: nn.Module) -> bool:
-    """Whether ``model`` carries yolo-prune blocks or pruning state (so a yaml rebuild would lose it)."""
+    """Whether a rebuild from ``model.yaml`` would lose something: pruning state, yolo-prune blocks, or any parameter
+    whose shape differs from the yaml's (a one-shot pruned model folds back to Ultralytics' classes, so only the
+    shapes tell)."""
     model = unwrap_model(model)
-    return hasattr(model, "prune_state") or any(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
+    if hasattr(model, "prune_state") or needs_yolo_prune(model):
+        return True
+    cfg = getattr(model, "yaml", None)
+    if not isinstance(cfg, dict):
+        return False  # nothing to rebuild from: the stock path decides
+    kwargs = {"verbose": False}
+    if "kpt_shape" in cfg:
+        kwargs["data_kpt_shape"] = tuple(cfg["kpt_shape"])
+    try:
+        # the yaml holds the final nc / kpt_shape / channels; fork_rng: the throwaway init must not shift the seed
+        with torch.random.fork_rng(devices=[]):
+            ref = type(model)(copy.deepcopy(cfg), **kwargs)
+    except Exception:  # noqa: BLE001  a class or yaml this Ultralytics cannot rebuild: neither can the stock path
+        return False
+    shapes = {k: v.shape for k, v in ref.state_dict().items()}
+    return any(k in shapes and v.shape != shapes[k] for k, v in model.state_dict().items())
 
 
 class PruneTrainerMixin:
