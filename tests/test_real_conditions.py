@@ -17,7 +17,7 @@ from yolo_prune import add_pruning
 from yolo_prune.callbacks import STATE_VERSION, read_state
 from yolo_prune.cfg import PruneError
 from yolo_prune.engine import prune_model
-from yolo_prune.export import ParityError, export, input_hw, precision_found
+from yolo_prune.export import ParityError, export, input_hw, input_shape, precision_found
 from yolo_prune.oneshot import prune_file
 from yolo_prune.unstructured import sparsity
 
@@ -58,7 +58,8 @@ def test_optimizer_groups_match_an_unpruned_control_run(tmp_path, tiny_data, opt
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """A real 5-epoch run with steps at epochs 2 and 4, save_period=1, and a NaN loss at the end of epoch 3.
+    """A real 5-epoch run with steps at epochs 2 and 4, save_period=1, and a NaN loss at the end of epoch 4, whose
+    recovery reloads the last.pt that step 2 wrote.
 
     Records what integrations and checkpoint hooks see.
     """
@@ -67,7 +68,7 @@ def real_run(tmp_path_factory):
     model = add_pruning(YOLO("yolo11n.yaml"), prune=0.5, prune_steps=2, prune_start=1, prune_end=3)
 
     def on_train_epoch_end(t):
-        if t.epoch == 2 and not rec["nan"]:  # after step 1, before step 2: NaN recovery reloads last.pt
+        if t.epoch == 3 and not rec["nan"]:  # right after step 2: recovery reloads the last.pt that step wrote
             rec["nan"] = True
             t.loss = torch.tensor(float("nan"))
 
@@ -101,7 +102,6 @@ def test_integrations_get_metrics_not_learning_rates(real_run):
     assert g[0] > g[2] > g[-1]  # trainer.metrics: the route every integration logs metrics from
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [float(r["model/GFLOPs"]) for r in rows] == pytest.approx(g)
-    assert not any(k.startswith("model/") for k in rows[0] if k.startswith("lr/"))
 
 
 def test_step_checkpoints_are_real_saves(real_run):
@@ -152,9 +152,27 @@ def test_quantize_spellings_and_real_precision(real_run, tmp_path, monkeypatch, 
     with pytest.raises(ParityError, match="quantize=16"):
         export(best, format="onnx", quantize=16, imgsz=64)
     monkeypatch.undo()
+    res = export(best, format="onnx", imgsz=64, batch=2)  # a static batch: the parity image fills every slot
+    assert res["max_abs_diff"] <= 1e-3 and input_shape(res["file"], "onnx")[0] == 2
+    res = export(best, format="onnx", dynamic=True)  # dynamic graph, no imgsz: the checkpoint's own (64)
+    assert res["max_abs_diff"] <= 1e-3 and input_hw(res["file"], "onnx") is None
+    cp = tmp_path / "cli.pt"
+    cp.write_bytes(best.read_bytes())
+    r = run_cli("export", f"model={cp}", "format=onnx", "half=True", "imgsz=64", cwd=tmp_path)  # as 'yolo export'
+    assert r.returncode == 0 and "quantize=16" in r.stdout + r.stderr, r.stderr[-2000:]
     res = export(best, format="torchscript", imgsz=64)
     assert "format=torchscript" in res["skipped"]
     assert any(x.startswith("WARNING") and "parity NOT checked" in x and "torchscript" in x for x in log_lines)
+
+
+def test_patience_zero_and_no_validation_cannot_cut_the_schedule():
+    from yolo_prune.schedule import check_patience
+
+    check_patience(0, [10, 20, 30])  # patience=0 disables Ultralytics' early stopping
+    check_patience(5, [10, 20, 30], val=False)  # no validation, no fitness, no early stop
+    check_patience(10, [10, 20, 30])  # a gap of exactly patience epochs is safe
+    with pytest.raises(PruneError, match="patience=9 .* accepted: patience >= 10, patience=0"):
+        check_patience(9, [10, 20, 30])
 
 
 def test_patience_that_can_cut_the_schedule_is_refused(tmp_path):
@@ -291,6 +309,9 @@ def test_sensitivity_allocation_inside_training(tmp_path):
     )  # fmt: skip
     model.train(**TRAIN, epochs=3, val=False, project=str(tmp_path), name="s")
     base, pruned = YOLO("yolo11n.yaml").model, YOLO(str(tmp_path / "s" / "weights" / "last.pt")).model
+    rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))  # val=False: the kept metrics dict, refreshed
+    g = [float(r["model/GFLOPs"]) for r in rows]
+    assert len(g) == 3 and g[0] > g[1] > g[2] and all(None not in r.values() for r in rows)
     assert pruned.model[2].cv2.conv.out_channels == base.model[2].cv2.conv.out_channels
     assert 0.35 <= 1 - get_flops(pruned, 640) / get_flops(base, 640) <= 0.45
 

@@ -8,6 +8,7 @@ continues the schedule with no plugin keys, and plugin keys never touch ``traine
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable
 
@@ -61,7 +62,8 @@ def make_state(cfg: dict[str, Any], schedule: list[int], base: dict) -> dict[str
     options["sensitivity"] = str(options["sensitivity"]) if options["sensitivity"] else None
     return {
         "version": STATE_VERSION,
-        "prune": cfg["prune"],
+        "prune": cfg["prune"],  # GFLOPs fraction (structured) or weight fraction (sparse modes)
+        "prune_ratio": cfg.get("prune_ratio"),  # one-shot: the per-layer channel ratio, when given instead
         "method": cfg["prune_method"],
         "round": cfg["prune_round"],
         "mode": cfg["prune_mode"],
@@ -132,15 +134,28 @@ class PruneCallbacks:
         self.sparsity: BNSparsity | None = None  # proximal L1 on BN scales while steps remain
         self.keeper: MaskKeeper | None = None  # unstructured / 2:4: keeps zeroed weights at zero
         self.kept_only = False  # a sparse checkpoint fine-tuned without a schedule of its own
+        self._told_no_columns = False
 
     # --- events ---------------------------------------------------------------------------------------------------
+    def on_pretrain_routine_start(self, trainer) -> None:
+        """Refuse a new schedule that cannot run, before data, model and loggers are set up."""
+        if self.cfg["prune"] is not None and not trainer.resume:
+            schedule = make_schedule(
+                self.cfg["prune"],
+                trainer.epochs,
+                self.cfg["prune_steps"],
+                self.cfg["prune_start"],
+                self.cfg["prune_end"],
+            )
+            check_patience(trainer.args.patience, schedule.epochs, val=trainer.args.val)
+
     def on_pretrain_routine_end(self, trainer) -> None:
         """Start a schedule, pick up the one carried by a resumed checkpoint, or keep a sparse checkpoint's zeros."""
         model = unwrap_model(trainer.model)
-        found = read_state(getattr(model, "prune_state", None))
+        raw = getattr(model, "prune_state", None)
         self.kept_only = False
-        if trainer.resume and found:  # a resumed run keeps its checkpoint's schedule, finished or not
-            state = found
+        if trainer.resume and raw:  # a resumed run keeps its checkpoint's schedule, finished or not
+            state = read_state(raw)
             if self.cfg["prune"] not in (None, state["prune"]):
                 LOGGER.warning(
                     f"yolo-prune: resume ignores prune={self.cfg['prune']}, continuing prune={state['prune']}"
@@ -169,9 +184,10 @@ class PruneCallbacks:
                 f"({state['method']}, round {state['round']}"
                 + (f", sparsity lambda {state['lambda']:g})" if state["lambda"] else ")")
             )
-        elif found and _zeroes_weights(found):  # fine-tuning a sparse checkpoint: its zeros must stay zeros
-            state, self.kept_only = found, True
-            LOGGER.info(f"yolo-prune: fine-tuning a {found['mode']} sparse model; its zeroed weights stay zero")
+        elif isinstance(raw, dict) and _zeroes_weights(raw):  # fine-tuning a sparse model: its zeros stay zeros
+            state, self.kept_only = read_state(copy.deepcopy(raw)), True
+            state["schedule"] = state["schedule"][: state["done"]]  # an unfinished old schedule is not continued
+            LOGGER.info(f"yolo-prune: fine-tuning a {state['mode']} sparse model; its zeroed weights stay zero")
         else:
             return
         if state["done"] < len(state["schedule"]):
@@ -187,7 +203,9 @@ class PruneCallbacks:
     def _check_schedule(trainer, state: dict) -> None:
         """Refuse a schedule that early stopping can cut short; warn where ``time=`` may."""
         remaining = state["schedule"][state["done"] :]
-        check_patience(trainer.args.patience, remaining, trainer.start_epoch)
+        # resumed: the stopper counts from its last improvement (best_epoch is 1-based), not from the resume epoch
+        start = min(trainer.start_epoch, max(trainer.stopper.best_epoch - 1, 0)) if trainer.resume else 0
+        check_patience(trainer.args.patience, remaining, start, val=trainer.args.val)
         if trainer.args.time:
             LOGGER.warning(
                 f"yolo-prune: time={trainer.args.time} re-estimates the number of epochs after the first one; prune "
@@ -252,7 +270,14 @@ class PruneCallbacks:
         if self.state and _zeroes_weights(self.state):
             m["model/sparsity"] = round(sparsity(trainer.model, self.state["mode"]), 4)
         trainer.prune_metrics = m
-        if isinstance(trainer, PruneTrainerMixin) and isinstance(getattr(trainer, "metrics", None), dict):
+        if not isinstance(trainer, PruneTrainerMixin):
+            if not self._told_no_columns:
+                LOGGER.info(
+                    f"yolo-prune: {type(trainer).__name__} has no PruneTrainerMixin, so results.csv and loggers get no "
+                    f"model/params_M, model/GFLOPs columns (trainer.prune_metrics has them)"
+                )
+                self._told_no_columns = True
+        elif isinstance(getattr(trainer, "metrics", None), dict):  # rank 0 only
             trainer.metrics.update(m)
 
     def on_train_end(self, trainer) -> None:
@@ -267,7 +292,7 @@ class PruneCallbacks:
                 reached = f"sparsity {sparsity(trainer.model, st['mode']):.1%}"
             else:
                 reached = f"{now['gflops']:.2f} GFLOPs, {1 - now['gflops'] / st['base']['gflops']:.1%} removed"
-            if trainer.args.time:
+            if trainer.args.time and trainer.epoch + 1 >= trainer.epochs:
                 why = f"time={trainer.args.time} ended the run"
             elif trainer.epoch + 1 < trainer.epochs:
                 why = f"stopped early: early stopping (patience={trainer.args.patience}) or an external stop"
@@ -375,6 +400,7 @@ class PruneCallbacks:
     def callbacks(self) -> dict[str, Callable]:
         """Event -> handler, for ``trainer.add_callback`` / ``model.add_callback``."""
         return {
+            "on_pretrain_routine_start": self.on_pretrain_routine_start,
             "on_pretrain_routine_end": self.on_pretrain_routine_end,
             "on_train_epoch_start": self.on_train_epoch_start,
             "on_train_epoch_end": self.on_train_epoch_end,

@@ -14,6 +14,8 @@ from . import __version__
 from .cfg import PRUNE_DEFAULTS, PruneError
 
 PASSTHROUGH = ("val", "predict", "track")
+# deprecated keys Ultralytics still maps (half/int8 -> quantize, end2end -> nms) but no longer lists in default.yaml
+LEGACY_KEYS = {"half": None, "int8": None, "end2end": None}
 BENCHMARK_KEYS = {
     "model": None,
     "base": None,
@@ -147,7 +149,8 @@ def _train(overrides: dict[str, Any]) -> None:
     if cfg["prune"] is not None and not resume:  # fail before any run folder is created
         epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
         schedule = make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
-        check_patience(overrides.get("patience", DEFAULT_CFG_DICT["patience"]), schedule.epochs)
+        patience = overrides.get("patience", DEFAULT_CFG_DICT["patience"])
+        check_patience(patience, schedule.epochs, val=overrides.get("val", DEFAULT_CFG_DICT["val"]))
     yolo = load_model(model)
     add_pruning(yolo, **plugin)
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
@@ -159,7 +162,7 @@ def _export(overrides: dict[str, Any]) -> None:
     from .checkpoint import load_model
     from .export import export
 
-    check_keys(overrides, DEFAULT_CFG_DICT, "export")
+    check_keys(overrides, {**DEFAULT_CFG_DICT, **LEGACY_KEYS}, "export")
     model = overrides.pop("model", None)
     if not model:
         raise PruneError("model is required; accepted: model=<.pt checkpoint>")
@@ -191,7 +194,7 @@ def _benchmark(overrides: dict[str, Any]) -> None:
 def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
 
-    check_keys(overrides, DEFAULT_CFG_DICT, mode)
+    check_keys(overrides, {**DEFAULT_CFG_DICT, **LEGACY_KEYS}, mode)
     if "data" in overrides:
         from .datasets import resolve_data
 

@@ -40,9 +40,16 @@ def canonical_quantize(kwargs: dict[str, Any]) -> int | str:
     ``'w8a8'``... (``QUANTIZE_ALIASES``) or the deprecated ``half=True`` / ``int8=True``; 32 when unset."""
     from ultralytics.cfg import QUANTIZE_ALIASES, QUANTIZE_VALID_VALUES
 
-    q = kwargs.get("quantize")
-    if q is None:
-        q = 8 if kwargs.get("int8") else 16 if kwargs.get("half") else None
+    on = lambda v: v is not None and str(v).strip().lower() not in {"none", "false", "0"}  # noqa: E731  (as Ultralytics)
+    q = (
+        kwargs["quantize"]
+        if "quantize" in kwargs
+        else 8
+        if on(kwargs.get("int8"))
+        else 16
+        if on(kwargs.get("half"))
+        else None
+    )
     if q is None:
         return 32
     scheme = QUANTIZE_ALIASES.get(str(q).lower())
@@ -51,19 +58,23 @@ def canonical_quantize(kwargs: dict[str, Any]) -> int | str:
     return scheme
 
 
-def input_hw(exported: str | Path, fmt: str) -> tuple[int, int] | None:
-    """(height, width) of the exported model's image input, read from the graph; None where it is dynamic."""
+def input_shape(exported: str | Path, fmt: str) -> list[int | None]:
+    """(batch, channels, height, width) of the exported model's image input, read from the graph; None where dynamic."""
     if fmt == "onnx":
         import onnx
 
         dims = onnx.load(str(exported), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        hw = [d.dim_value if d.HasField("dim_value") else None for d in dims[-2:]]
-    else:
-        import openvino as ov
+        return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    import openvino as ov
 
-        shape = ov.Core().read_model(str(next(Path(exported).glob("*.xml")))).inputs[0].get_partial_shape()
-        hw = [d.get_length() if d.is_static else None for d in list(shape)[-2:]]
-    return (hw[0], hw[1]) if None not in hw and len(hw) == 2 else None
+    shape = ov.Core().read_model(str(next(Path(exported).glob("*.xml")))).inputs[0].get_partial_shape()
+    return [d.get_length() if d.is_static else None for d in shape]
+
+
+def input_hw(exported: str | Path, fmt: str) -> tuple[int, int] | None:
+    """(height, width) of the exported model's image input; None where either is dynamic."""
+    hw = input_shape(exported, fmt)[-2:]
+    return (hw[0], hw[1]) if len(hw) == 2 and None not in hw else None
 
 
 def precision_found(exported: str | Path, fmt: str) -> set[int]:
@@ -142,15 +153,19 @@ def openvino_outputs(model_dir: str | Path, x: torch.Tensor) -> list[np.ndarray]
     return [np.asarray(result[o], dtype=np.float32) for o in compiled.outputs]
 
 
-def _normalised(y: np.ndarray, imgsz: int, end2end: bool) -> np.ndarray:
-    """Box coordinates divided by ``imgsz``, so they share one scale with scores."""
+def _normalised(y: np.ndarray, imgsz: int, end2end: bool, ref: np.ndarray | None = None) -> np.ndarray:
+    """Box coordinates divided by ``imgsz``, so they share one scale with scores.
+
+    Raw (not NMS-free) boxes are divided by ``max(imgsz, |reference box|)`` elementwise: a box far outside the image
+    (common in untrained heads) carries fp16's relative rounding, which /imgsz alone would turn into a failure.
+    """
     y = y.copy()
     if y.ndim != 3:  # class probabilities: already on a unit scale
         return y
     if end2end:  # NMS-free (B, max_det, 6 + extras): x1 y1 x2 y2 score class ...
         y[..., :4] /= imgsz
     else:  # (B, 4 + nc + extras, anchors): boxes first
-        y[:, :4] /= imgsz
+        y[:, :4] /= np.maximum(imgsz, np.abs((y if ref is None else ref)[:, :4]))
     return y
 
 
@@ -200,6 +215,9 @@ def parity(
     hw = input_hw(exported, fmt) or ((imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz or (640, 640)))
     imgsz = max(hw)
     x = parity_image(hw, data)
+    batch = input_shape(exported, fmt)[0]
+    if batch and batch > 1:  # a static batch: the same image in every slot
+        x = x.repeat(batch, 1, 1, 1)
     model = _reference_model(weights, nms)
     refs = _reference_outputs(model, x)
     one2one = nms is False and hasattr(model.model[-1], "one2one_cv2")  # YOLO26 NMS-free: (B, max_det, 6 + extras)
@@ -214,7 +232,7 @@ def parity(
             raise ParityError(f"output shapes differ: PyTorch {ref.shape} vs {fmt} {got}")
         end2end = i == 0 and ref.ndim == 3 and one2one
         if i == 0:
-            ref, out = _normalised(ref, imgsz, end2end), _normalised(out, imgsz, end2end)
+            ref, out = _normalised(ref, imgsz, end2end), _normalised(out, imgsz, end2end, ref)
         d = _diffs(ref, out, end2end)
         worst, means = max(worst, d["max"]), [*means, d["mean"]]
     return {"max": worst, "mean": float(np.mean(means))}
@@ -235,6 +253,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     warning that says why.
     """
     quantize = canonical_quantize(kwargs)
+    format = str(format).lower()  # the exporter's own spelling rule
     yolo = YOLO(str(weights))
     task = yolo.task
     if quantize == 8:

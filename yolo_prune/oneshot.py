@@ -88,7 +88,8 @@ def prune_file(
         channel_ratio = plan.ratio
     else:
         amount = cfg["prune"] if cfg["prune"] is not None else cfg["prune_ratio"]
-        sparsify(net, amount or 0.5, mode)
+        amount = amount or 0.5  # 2:4 is always half
+        sparsify(net, amount, mode)
         channel_ratio = 0.0
         extra = {"sparsity": round(sparsity(net, mode), 4), "compressed_mb": round(compressed_mb(net), 3)}
     elapsed = time.perf_counter() - t0

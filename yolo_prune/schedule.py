@@ -95,18 +95,21 @@ def warn_if_missed(target: float, base_gflops: float, gflops: float, where: str)
     return True
 
 
-def check_patience(patience: int | None, epochs: list[int], start: int = 0) -> None:
+def check_patience(patience: int | None, epochs: list[int], start: int = 0, val: bool = True) -> None:
     """PruneError if early stopping can end the run before the last step.
 
     Each step restarts Ultralytics' best-fitness tracking, so with no improvement the stopper fires ``patience``
-    epochs after a step (or after epoch 1): the steps are safe when no two consecutive ones (counting from ``start``)
-    are more than ``patience`` epochs apart.
+    epochs after a step (or after epoch 1): the steps are safe when no two consecutive ones (counting from ``start``,
+    the epoch of the last improvement) are more than ``patience`` epochs apart. ``patience=0`` disables Ultralytics'
+    early stopping, and without validation (``val=False``) there is no fitness for it to stop on.
     """
+    if not patience or not val:
+        return
     points = [start, *epochs]
     gap = max((b - a for a, b in zip(points, points[1:])), default=0)
-    if patience is not None and patience < gap:
+    if patience < gap:
         raise PruneError(
             f"patience={patience} can stop training before the last prune step ({gap} epochs between steps at "
-            f"epochs {[e + 1 for e in epochs]}); accepted: patience >= {gap}, or steps closer together "
-            f"(prune_start / prune_end / prune_steps)"
+            f"epochs {[e + 1 for e in epochs]}); accepted: patience >= {gap}, patience=0 (no early stopping), or "
+            f"steps closer together (prune_start / prune_end / prune_steps)"
         )

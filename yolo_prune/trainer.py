@@ -284,6 +284,9 @@ def save_after_step(trainer) -> bool:
     ema = deepcopy(trainer.ema.ema).half().to(memory_format=torch.contiguous_format)
     if hasattr(ema, "criterion"):
         ema.criterion = None  # training-only state, as save_model strips it
+    for v in ema.state_dict().values():  # fp16 overflow clamped, as save_model does
+        if v.is_floating_point():
+            torch.nan_to_num_(v)
     ckpt.update(
         ema=ema,
         model=None,
