@@ -1,7 +1,9 @@
 """CPU speed-up of pruned models (ONNX Runtime, OpenVINO) at batch 1, and its realization vs the GFLOPs ratio.
 
 Usage: python benchmarks/speed.py [--models yolo11n.yaml yolo26n.yaml] [--rounds 8 16 32] [--imgsz 640] [--runs 100]
-For each model: the original and ``prune=0.5`` at each ``prune_round``, through ``yolo-prune benchmark``. Writes
+       [--threads 1]
+For each model: the original and ``prune=0.5`` at each ``prune_round``, through ``yolo-prune benchmark`` (base and
+pruned timed in alternation, 1 thread by default: on a shared 2-core machine 2 threads make the ratio noise). Writes
 benchmarks/results/speed.{json,md} with the command and machine.
 """
 
@@ -20,6 +22,7 @@ def main() -> None:
     ap.add_argument("--rounds", nargs="+", type=int, default=[8, 16, 32])
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     from ultralytics.nn.tasks import DetectionModel
 
@@ -37,7 +40,9 @@ def main() -> None:
                 m = DetectionModel(cfg, verbose=False)
                 prune_model(m, prune=0.5, round_to=r, imgsz=a.imgsz)
                 pt = save_checkpoint(m, Path(tmp) / f"{Path(cfg).stem}_r{r}.pt", {"task": "detect"})
-                res = benchmark(str(pt), str(base), imgsz=a.imgsz, runs=a.runs, project=tmp, name="b")
+                res = benchmark(
+                    str(pt), str(base), imgsz=a.imgsz, runs=a.runs, threads=a.threads, project=tmp, name="b"
+                )
                 b, p, s = res["rows"]["base"], res["rows"]["pruned"], res["summary"]
                 rows.append(
                     {
@@ -58,7 +63,8 @@ def main() -> None:
                 )
     out = {**header(), "imgsz": a.imgsz, "runs": a.runs, "batch": 1, "rows": rows}
     body = [
-        f"batch 1, imgsz {a.imgsz}, median of {a.runs} runs after 10 warm-up, {rows[0]['threads']} threads",
+        f"batch 1, imgsz {a.imgsz}, median of {a.runs} runs after 10 warm-up, base and pruned interleaved, "
+        f"{rows[0]['threads']} thread(s)",
         "",
         "| model | prune_round | GFLOPs base -> pruned | ONNX RT ms base -> pruned | ONNX speed-up (realization) "
         "| OpenVINO ms base -> pruned | OpenVINO speed-up (realization) |",

@@ -55,18 +55,26 @@ def _runner(file: str, fmt: str, threads: int):
 
 def time_runs(fn, runs: int, warmup: int = 10) -> dict[str, float]:
     """Median and p90 latency in ms of ``fn`` over ``runs`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    t = []
+    return time_interleaved({"x": fn}, runs, warmup)["x"]
+
+
+def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, dict[str, float]]:
+    """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...) after ``warmup`` calls
+    each, so a load change on a shared machine slows every model alike instead of skewing their ratio."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    t: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        t.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))}
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            t[k].append((time.perf_counter() - t0) * 1000)
+    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in t.items()}
 
 
-def torch_cuda_latency(weights: str, imgsz: int, runs: int, device: str) -> dict[str, float]:
-    """PyTorch fp16 latency on a CUDA device (fused model, batch 1)."""
+def torch_cuda_runner(weights: str, imgsz: int, device: str):
+    """One batch-1 PyTorch fp16 inference on a CUDA device (fused model), synchronized."""
     model = YOLO(weights).model.fuse().half().eval().to(f"cuda:{device}")
     x = torch.rand(1, 3, imgsz, imgsz, device=f"cuda:{device}", dtype=torch.half)
 
@@ -75,7 +83,7 @@ def torch_cuda_latency(weights: str, imgsz: int, runs: int, device: str) -> dict
             model(x)
         torch.cuda.synchronize()
 
-    return time_runs(run, runs)
+    return run
 
 
 def _size_mb(path: str | Path) -> float:
@@ -84,10 +92,8 @@ def _size_mb(path: str | Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 2)
 
 
-def measure(
-    weights: str, formats, imgsz: int, runs: int, device: str, data: str | None, threads: int
-) -> dict[str, Any]:
-    """One model's row: params, GFLOPs, file sizes, latency per format, mAP50-95 when ``data`` is given."""
+def describe(weights: str, formats, imgsz: int, data: str | None) -> dict[str, Any]:
+    """One model's row without latency: params, GFLOPs, file sizes, exports (parity-checked), mAP50-95 with ``data``."""
     info = model_info(YOLO(weights).model, imgsz)
     row: dict[str, Any] = {
         "model": weights,
@@ -97,12 +103,11 @@ def measure(
     }
     for fmt in formats:
         if fmt == "torch-cuda":
-            row[f"{fmt}_latency"] = torch_cuda_latency(weights, imgsz, runs, device)
             continue
         res = export(weights, format=fmt, imgsz=imgsz)
+        row[f"{fmt}_file"] = res["file"]
         row[f"{fmt}_file_mb"] = _size_mb(res["file"])
         row[f"{fmt}_parity"] = res["max_abs_diff"]
-        row[f"{fmt}_latency"] = time_runs(_runner(res["file"], fmt, threads), runs)
         if data:
             metrics = YOLO(res["file"], task="detect").val(data=data, imgsz=imgsz, batch=1, plots=False, verbose=False)
             row[f"{fmt}_map50_95"] = round(float(metrics.box.map), 4)
@@ -117,16 +122,28 @@ def benchmark(
     runs: int = 100,
     device: str = "cpu",
     data: str | None = None,
+    threads: int | None = None,
     project: str = "runs/benchmark",
     name: str = "exp",
     exist_ok: bool = False,
 ) -> dict[str, Any]:
-    """Compare ``model`` (pruned) with ``base`` (original); write CSV, JSON and a PNG chart; return the results."""
-    threads = torch.get_num_threads()
+    """Compare ``model`` (pruned) with ``base`` (original); write CSV, JSON and a PNG chart; return the results.
+
+    Both models are exported first, then timed in alternation per format (see :func:`time_interleaved`) with
+    ``threads`` intra-op threads (default: torch's thread count).
+    """
+    threads = threads or torch.get_num_threads()
     formats = list(formats)
     if device != "cpu" and torch.cuda.is_available():
         formats = ["torch-cuda", *formats]
-    rows = {k: measure(w, formats, imgsz, runs, device, data, threads) for k, w in (("base", base), ("pruned", model))}
+    rows = {k: describe(w, formats, imgsz, data) for k, w in (("base", base), ("pruned", model))}
+    for fmt in formats:
+        if fmt == "torch-cuda":
+            fns = {k: torch_cuda_runner(rows[k]["model"], imgsz, device) for k in rows}
+        else:
+            fns = {k: _runner(rows[k][f"{fmt}_file"], fmt, threads) for k in rows}
+        for k, lat in time_interleaved(fns, runs).items():
+            rows[k][f"{fmt}_latency"] = lat
     b, p = rows["base"], rows["pruned"]
     gflops_ratio = b["gflops"] / p["gflops"]
     summary = {"gflops_ratio": round(gflops_ratio, 3), "params_ratio": round(b["params"] / p["params"], 3)}
@@ -180,8 +197,8 @@ def format_table(result: dict, formats) -> str:
     widths = [max(len(r[i]) for r in rows) + 2 for i in range(4)]
     lines = ["".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append(
-        f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs after 10 warm-up, "
-        f"{result['threads']} threads, {result['machine']}"
+        f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs each after 10 warm-up, base and pruned "
+        f"interleaved, {result['threads']} threads, {result['machine']}"
     )
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ BENCHMARK_KEYS = {
     "formats": "onnx,openvino",
     "device": "cpu",
     "runs": 100,
+    "threads": None,  # intra-op threads of ONNX Runtime / OpenVINO (default: torch's count); 1 for stable ratios
     "project": "runs/benchmark",
     "name": "exp",
     "exist_ok": False,
@@ -70,7 +71,8 @@ HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune M
   yolo-prune export model=pruned.pt format=onnx|openvino|engine [imgsz] [dynamic] [simplify] [nms] [quantize=16|8] [data]
       Ultralytics' exporter, then a parity check of the exported model against PyTorch (fails over the tolerance)
   yolo-prune benchmark model=pruned.pt base=original.pt [data=shapes] [imgsz=640] [formats=onnx,openvino] [device=cpu|0]
-      [runs=100]  side-by-side latency / GFLOPs / size / mAP table, saved as CSV, JSON and PNG
+      [runs=100] [threads=1]  side-by-side latency / GFLOPs / size / mAP table (base and pruned timed in
+      alternation), saved as CSV, JSON and PNG
   yolo-prune {{{"|".join(PASSTHROUGH)}}} model=pruned.pt ...   same keys as 'yolo'; data=shapes uses the built-in dataset
   yolo-prune version | help
 
@@ -184,6 +186,9 @@ def _benchmark(overrides: dict[str, Any]) -> None:
     bad = [f for f in formats if f not in ("onnx", "openvino")]
     if bad:
         raise PruneError(f"formats={','.join(formats)} is invalid; accepted: onnx, openvino (comma-separated)")
+    t = args["threads"]
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise PruneError(f"threads={t!r} is invalid; accepted: an integer >= 1")
     if args["data"]:
         from .datasets import resolve_data
 
