@@ -4,6 +4,9 @@
 ``prune_method=sensitivity prune_sensitivity=<csv>`` then gives each layer the ratio that costs the least mAP per
 GFLOP saved (:func:`removed_for_target`). The unit is an Ultralytics layer index (``model.<i>``): every coupled group
 rooted there is pruned together, which is the granularity ``prune_layers`` and ``prune_ignore`` use too.
+
+The allocator and the table reader live in :mod:`yolo_prune.allocate` (the engine plans with them, and must not import
+this module's validation and plotting); they are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,9 +21,24 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.files import increment_path
 
+from .allocate import layer_plan, read_table, removed_for_target
 from .cfg import PRUNE_DEFAULTS, PruneError
 from .checkpoint import atomic_write_bytes
-from .engine import ChannelPruner, apply_plan, check_supported, kept_channels, match_layer, model_info, prepare_model
+from .engine import ChannelPruner, model_info
+from .graph import check_supported, prepare_model
+from .plan import apply_plan
+
+__all__ = [
+    "COLUMNS",
+    "Validator",
+    "check_ratios",
+    "layer_plan",
+    "read_table",
+    "removed_for_target",
+    "sensitivity",
+    "sensitivity_run",
+    "write",
+]
 
 COLUMNS = ("layer", "ratio", "channels_removed", "params", "gflops", "map50", "map50_95", "drop")
 
@@ -58,14 +76,6 @@ class Validator:
         finally:
             LOGGER.setLevel(level)
         return float(stats["metrics/mAP50(B)"]), float(stats["metrics/mAP50-95(B)"])
-
-
-def layer_plan(pruner: ChannelPruner, layer: int, ratio: float) -> list[int]:
-    """Channels removed per group when only ``layer`` is pruned, at channel ratio ``ratio``."""
-    return [
-        len(order) - kept_channels(len(order), ratio, pruner.round_to) if match_layer(name, layer) else 0
-        for name, order, *_ in pruner.groups
-    ]
 
 
 def sensitivity(
@@ -149,68 +159,6 @@ def write(rows: list[dict[str, Any]], save_dir: Path) -> None:
     fig.savefig(png, format="png")
     plt.close(fig)
     atomic_write_bytes(save_dir / "sensitivity.png", png.getvalue())
-
-
-def read_table(path: str | Path) -> dict[int, dict[float, float]]:
-    """{layer: {ratio: mAP50-95 drop}} from a sensitivity.csv."""
-    path = Path(path)
-    try:
-        with path.open() as f:
-            rows = [r for r in csv.DictReader(f) if r["layer"] != "none"]
-        table: dict[int, dict[float, float]] = {}
-        for r in rows:
-            table.setdefault(int(r["layer"]), {})[float(r["ratio"])] = float(r["drop"])
-    except (OSError, KeyError, ValueError) as e:
-        raise PruneError(f"prune_sensitivity={str(path)!r} is not a sensitivity.csv ({type(e).__name__})") from None
-    return table
-
-
-def removed_for_target(pruner: ChannelPruner, path: str | Path, flops_fraction: float) -> list[int]:
-    """Per-group removals that reach ``flops_fraction`` of the GFLOPs at the least summed mAP drop.
-
-    Greedy on the table: from no pruning, repeatedly move the layer whose next ratio costs the least drop per unit of
-    GFLOPs saved, until the analytic estimate reaches the target. Layers missing from the table stay intact.
-    """
-    table = {k: v for k, v in read_table(path).items() if k in pruner.layer_keys()}
-    if not table:
-        raise PruneError(
-            f"prune_sensitivity={str(path)!r} has no layer of this model; run 'yolo-prune sensitivity' on it"
-        )
-    base = pruner.estimate_flops([0] * len(pruner.groups))
-    level = {k: 0.0 for k in table}
-    drop = {k: 0.0 for k in table}
-
-    def removed_at(levels: dict[int, float]) -> list[int]:
-        out = [0] * len(pruner.groups)
-        for layer, ratio in levels.items():
-            if ratio > 0:
-                out = [max(a, b) for a, b in zip(out, layer_plan(pruner, layer, ratio))]
-        return pruner.lock(out)  # as plan_removed will: split halves equal, so the estimate matches the plan
-
-    current = pruner.estimate_flops(removed_at(level)) / base
-    while current > flops_fraction:
-        best = None
-        for layer, ratios in table.items():
-            nxt = [r for r in sorted(ratios) if r > level[layer]]
-            if not nxt:
-                continue
-            r = nxt[0]
-            trial = {**level, layer: r}
-            frac = pruner.estimate_flops(removed_at(trial)) / base
-            saved = current - frac
-            if saved <= 0:
-                level[layer] = r  # no GFLOPs at this ratio (rounding): skip over it
-                continue
-            cost = (max(ratios[r], 0.0) - drop[layer] + 1e-4) / saved
-            if best is None or cost < best[0]:
-                best = (cost, layer, r, frac)
-        if best is None:
-            LOGGER.warning(f"yolo-prune: the sensitivity table's largest ratios reach {current:.1%} of the GFLOPs only")
-            break
-        _, layer, r, current = best
-        level[layer], drop[layer] = r, max(table[layer][r], 0.0)
-    LOGGER.info(f"yolo-prune: sensitivity ratios { ({k: v for k, v in level.items() if v}) }")
-    return removed_at(level)
 
 
 def sensitivity_run(

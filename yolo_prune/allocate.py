@@ -1,0 +1,185 @@
+"""Allocation: how many channels each coupled group loses, for a ratio or a target on a cost model.
+
+Every allocator here returns ``removed`` (channels removed per group, in the pruner's group order) and reads only the
+pruner's bookkeeping: ``groups`` (with their importance scores, for global ranking), ``round_to``, the fixed
+``layer_ratios`` (``fixed``), the split-half ``pairs`` and ``lock``. Which channels go inside a group is the pruner's
+business (:meth:`~yolo_prune.engine.ChannelPruner.plan_removed`); what a candidate costs is the cost model's
+(:mod:`yolo_prune.costs`).
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ultralytics.utils import LOGGER
+
+from .cfg import PruneError
+from .costs import CostModel
+from .graph import match_layer
+from .plan import kept_channels
+
+if TYPE_CHECKING:  # type hints only: engine imports this module
+    from .engine import ChannelPruner
+
+
+def removed_uniform(pruner: ChannelPruner, ratio: float) -> list[int]:
+    """Channels to remove per group at one per-layer channel ``ratio`` (fixed ratios kept, split halves locked)."""
+    return pruner.lock(
+        [
+            pruner.fixed.get(g, len(order) - kept_channels(len(order), ratio, pruner.round_to))
+            for g, (_, order, *_) in enumerate(pruner.groups)
+        ]
+    )
+
+
+def removed_for_cost(pruner: ChannelPruner, cost: CostModel, fraction: float) -> list[int]:
+    """Channels to remove per group so the estimated cost fraction lands closest to ``fraction`` of ``cost.base``.
+
+    torch-pruning only takes channel ratios, and GFLOPs fall roughly with the square of the kept width. A uniform
+    ratio is searched first on the analytic estimate (no copy, no re-trace); with ``round_to`` it moves in coarse
+    steps on small models, so the remaining gap is closed one rounding unit at a time, always in the group that is
+    currently pruned least, which keeps the allocation as close to uniform as the rounding allows. Groups with a
+    fixed ratio (``layer_ratios``) keep it; the two halves of a split block move together, one unit each.
+    """
+    base = cost.base
+    frac = lambda removed: cost.estimate(removed) / base  # noqa: E731
+    lo, hi = 0.0, 0.99
+    for _ in range(30):  # the fraction is a non-increasing step function of the ratio
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if frac(removed_uniform(pruner, mid)) > fraction else (lo, mid)
+    removed = removed_uniform(pruner, lo)
+    sizes = [len(order) for _, order, *_ in pruner.groups]
+    current = frac(removed)
+    paired = {g for pair in pruner.pairs for g in pair}
+    units = [(g,) for g in range(len(sizes)) if g not in pruner.fixed and g not in paired]
+    units += [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
+    while current > fraction:
+        room = [u for u in units if all(sizes[g] - removed[g] - pruner.round_to >= pruner.round_to for g in u)]
+        if not room:
+            break
+        unit = min(room, key=lambda u: (removed[u[0]] / sizes[u[0]], -sizes[u[0]]))
+        trial = removed.copy()
+        for g in unit:
+            trial[g] += pruner.round_to
+        new = frac(trial)
+        if new <= fraction and fraction - new > current - fraction:
+            break  # one more unit overshoots by more than it closes
+        removed, current = trial, new
+    return removed
+
+
+def removed_global(
+    pruner: ChannelPruner, cost: CostModel, ratio: float | None = None, fraction: float | None = None
+) -> list[int]:
+    """Channels to remove per group, ranked across all groups (``prune_global``).
+
+    Channels go in rounding units, least important unit first over the whole model (a heap of each group's next
+    unit, scored by its mean importance), until ``ratio`` of all channels or the cost ``fraction`` is reached. No
+    group loses more than ``max_ratio`` of its channels or keeps fewer than ``round_to``. torch-pruning's
+    ``global_pruning`` works on ratios only and has no rounding to multiples, hence this loop.
+    """
+    sizes = [len(order) for _, order, *_ in pruner.groups]
+    removed = [pruner.fixed.get(g, 0) for g in range(len(sizes))]
+    r = pruner.round_to
+
+    def next_level(g: int) -> int | None:
+        """Removed count after group g's next unit, keeping the kept count a multiple of round_to."""
+        size, n = sizes[g], removed[g]
+        kept = (size - n - 1) // r * r if (size - n) % r == 0 else (size - n) // r * r
+        keep_min = max(r, math.ceil((1 - pruner.max_ratio) * size / r) * r)
+        return size - kept if size > r and kept >= keep_min else None
+
+    heap = []
+    for g in range(len(sizes)):
+        if g not in pruner.fixed and (lvl := next_level(g)) is not None:
+            heapq.heappush(heap, (sum(pruner.groups[g][3][removed[g] : lvl]) / (lvl - removed[g]), g, lvl))
+    base = cost.base
+    target_channels = ratio * sum(sizes) if ratio is not None else None
+    while heap:
+        if target_channels is not None and sum(removed) >= target_channels:
+            break
+        if fraction is not None and cost.estimate(removed) / base <= fraction:
+            break
+        _, g, lvl = heapq.heappop(heap)
+        removed[g] = lvl
+        if (lvl := next_level(g)) is not None:
+            heapq.heappush(heap, (sum(pruner.groups[g][3][removed[g] : lvl]) / (lvl - removed[g]), g, lvl))
+    return removed
+
+
+def layer_plan(pruner: ChannelPruner, layer: int, ratio: float) -> list[int]:
+    """Channels removed per group when only ``layer`` is pruned, at channel ratio ``ratio``."""
+    return [
+        len(order) - kept_channels(len(order), ratio, pruner.round_to) if match_layer(name, layer) else 0
+        for name, order, *_ in pruner.groups
+    ]
+
+
+def read_table(path: str | Path) -> dict[int, dict[float, float]]:
+    """{layer: {ratio: mAP50-95 drop}} from a sensitivity.csv."""
+    path = Path(path)
+    try:
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r["layer"] != "none"]
+        table: dict[int, dict[float, float]] = {}
+        for r in rows:
+            table.setdefault(int(r["layer"]), {})[float(r["ratio"])] = float(r["drop"])
+    except (OSError, KeyError, ValueError) as e:
+        raise PruneError(f"prune_sensitivity={str(path)!r} is not a sensitivity.csv ({type(e).__name__})") from None
+    return table
+
+
+def removed_for_target(
+    pruner: ChannelPruner, path: str | Path, flops_fraction: float, cost: CostModel | None = None
+) -> list[int]:
+    """Per-group removals that reach ``flops_fraction`` of the GFLOPs at the least summed mAP drop.
+
+    Greedy on the table: from no pruning, repeatedly move the layer whose next ratio costs the least drop per unit of
+    GFLOPs saved, until the analytic estimate reaches the target. Layers missing from the table stay intact.
+    ``cost`` defaults to the pruner's FLOPs model; any cost model can stand in for GFLOPs.
+    """
+    cost = pruner.flops_cost if cost is None else cost
+    table = {k: v for k, v in read_table(path).items() if k in pruner.layer_keys()}
+    if not table:
+        raise PruneError(
+            f"prune_sensitivity={str(path)!r} has no layer of this model; run 'yolo-prune sensitivity' on it"
+        )
+    base = cost.base
+    level = {k: 0.0 for k in table}
+    drop = {k: 0.0 for k in table}
+
+    def removed_at(levels: dict[int, float]) -> list[int]:
+        out = [0] * len(pruner.groups)
+        for layer, ratio in levels.items():
+            if ratio > 0:
+                out = [max(a, b) for a, b in zip(out, layer_plan(pruner, layer, ratio))]
+        return pruner.lock(out)  # as plan_removed will: split halves equal, so the estimate matches the plan
+
+    current = cost.estimate(removed_at(level)) / base
+    while current > flops_fraction:
+        best = None
+        for layer, ratios in table.items():
+            nxt = [r for r in sorted(ratios) if r > level[layer]]
+            if not nxt:
+                continue
+            r = nxt[0]
+            trial = {**level, layer: r}
+            frac = cost.estimate(removed_at(trial)) / base
+            saved = current - frac
+            if saved <= 0:
+                level[layer] = r  # no GFLOPs at this ratio (rounding): skip over it
+                continue
+            cost_per_saved = (max(ratios[r], 0.0) - drop[layer] + 1e-4) / saved
+            if best is None or cost_per_saved < best[0]:
+                best = (cost_per_saved, layer, r, frac)
+        if best is None:
+            LOGGER.warning(f"yolo-prune: the sensitivity table's largest ratios reach {current:.1%} of the GFLOPs only")
+            break
+        _, layer, r, current = best
+        level[layer], drop[layer] = r, max(table[layer][r], 0.0)
+    LOGGER.info(f"yolo-prune: sensitivity ratios { ({k: v for k, v in level.items() if v}) }")
+    return removed_at(level)
