@@ -17,16 +17,10 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import needs_yolo_prune
 from .cfg import PruneError, check_prune_args
-from .engine import (
-    check_forward,
-    check_supported,
-    ignored_modules,
-    model_info,
-    options_from_cfg,
-    plan_for_target,
-    prepare_model,
-)
+from .engine import model_info, options_from_cfg, plan_for_target
+from .graph import check_supported, ignored_modules, prepare_model
 from .importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
+from .plan import check_forward
 from .schedule import check_patience, make_schedule, warn_if_missed
 from .sparsity import BNSparsity, penalised_norms
 from .trainer import (

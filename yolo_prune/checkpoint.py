@@ -14,7 +14,7 @@ import torch.nn as nn
 from ultralytics import YOLO, __version__
 
 from .cfg import PruneError
-from .engine import SUPPORTED_MODELS
+from .graph import SUPPORTED_MODELS
 
 
 def load_model(model: str | Path) -> YOLO:

@@ -20,7 +20,8 @@ from .callbacks import make_state
 from .cfg import PruneError, check_prune_args
 from .checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from .datasets import calibration_batches, resolve_data
-from .engine import check_supported, layer_widths, model_info, options_from_cfg, prune_model
+from .engine import layer_widths, model_info, options_from_cfg, prune_model
+from .graph import check_supported
 from .importance import GRAD_BATCHES, GRADIENT_METHODS
 from .schedule import warn_if_missed
 from .unstructured import compressed_mb, sparsify, sparsity

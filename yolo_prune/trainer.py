@@ -30,7 +30,7 @@ from .blocks import needs_yolo_prune
 from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 from .checkpoint import atomic_write_bytes
 from .datasets import resolve_data
-from .engine import PrunePlan, apply_plan
+from .plan import PrunePlan, apply_plan
 
 
 def is_pruned(model: nn.Module) -> bool:

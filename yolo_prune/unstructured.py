@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 from ultralytics.utils.torch_utils import unwrap_model
 
-from .engine import output_layers
+from .graph import output_layers
 
 MODES = ("unstructured", "2:4")
 
