@@ -15,10 +15,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from ultralytics.utils import LOGGER
 
 from .cfg import PruneError
-from .costs import CostModel
+from .costs import CostModel, LatencyCost
 from .graph import match_layer
 from .plan import kept_channels
 
@@ -183,3 +184,46 @@ def removed_for_target(
         level[layer], drop[layer] = r, max(table[layer][r], 0.0)
     LOGGER.info(f"yolo-prune: sensitivity ratios { ({k: v for k, v in level.items() if v}) }")
     return removed_at(level)
+
+
+def removed_for_latency(
+    pruner: ChannelPruner, cost: LatencyCost, target_ms: float, max_ratio: float = 0.9
+) -> list[int]:
+    """Channels to remove per group so the predicted latency reaches ``target_ms``, least importance lost per
+    millisecond saved first.
+
+    Moves are one ``prune_round`` unit of a group (both halves of a split block together); a move's importance is the
+    share of its group's total importance it removes, its gain the predicted milliseconds it saves. A move that saves
+    nothing (a width the runtime is no faster at) is never taken on its own: the next unit is looked at with it, so a
+    slow width is stepped over, and a group whose latency does not fall at all is left alone. No group loses more than
+    ``max_ratio`` of its channels or keeps fewer than ``prune_round``.
+    """
+    r = pruner.round_to
+    sizes = [len(order) for _, order, *_ in pruner.groups]
+    totals = [max(sum(scores), 1e-12) for *_, scores in pruner.groups]
+    removed = [pruner.fixed.get(g, 0) for g in range(len(sizes))]
+    paired = {g for pair in pruner.pairs for g in pair}
+    moves = [(g,) for g in range(len(sizes)) if g not in pruner.fixed and g not in paired]
+    moves += [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
+    floor = [max(r, int(np.ceil((1 - max_ratio) * s / r)) * r) if s > r else s for s in sizes]
+    current = cost.estimate(removed)
+    while current > target_ms:
+        best = None
+        for move in moves:
+            for units in (1, 2):  # look one unit further when the next alone saves nothing
+                n = units * r
+                if any(sizes[g] - removed[g] - n < floor[g] for g in move):
+                    break
+                saved = cost.saved_by(removed, move, n)
+                if saved > 1e-6:
+                    lost = sum(sum(pruner.groups[g][3][removed[g] : removed[g] + n]) / totals[g] for g in move)
+                    if best is None or lost / saved < best[0]:
+                        best = (lost / saved, move, n, saved)
+                    break
+        if best is None:
+            break  # nothing left that makes it faster: the caller reports the best reachable latency
+        _, move, n, saved = best
+        for g in move:
+            removed[g] += n
+        current -= saved
+    return removed

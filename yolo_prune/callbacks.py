@@ -17,9 +17,10 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import needs_yolo_prune
 from .cfg import PruneError, check_prune_args
-from .engine import model_info, options_from_cfg, plan_for_target
+from .engine import model_info, options_from_cfg, plan_for_latency, plan_for_target
 from .graph import check_supported, ignored_modules, prepare_model
 from .importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
+from .latency import Runtime, build_table, check_runtime, latency_line
 from .plan import check_forward
 from .schedule import check_patience, make_schedule, warn_if_missed
 from .sparsity import BNSparsity, penalised_norms
@@ -64,6 +65,7 @@ def make_state(cfg: dict[str, Any], schedule: list[int], base: dict) -> dict[str
         "lambda": cfg["prune_sparsity"],
         "options": options,
         "schedule": list(schedule),
+        "latency": None,  # prune_latency: {"fraction", runtime, ..., measured and predicted ms of the model at start}
         "base": base,
         "done": 0,
         "history": [],
@@ -104,6 +106,10 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
         raise PruneError(
             "prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>"
         )
+    if cfg["prune_latency"] is not None and cfg["prune_mode"] != "structured":
+        raise PruneError(
+            f"prune_latency needs prune_mode=structured (zeros do not run faster); got {cfg['prune_mode']}"
+        )
     if cfg["prune_mode"] == "2:4":  # 2 of every 4 weights, at once: there is no amount and no gradual schedule
         if cfg["prune"] not in (None, 0.5):
             raise PruneError(
@@ -128,6 +134,7 @@ class PruneCallbacks:
         self.sparsity: BNSparsity | None = None  # proximal L1 on BN scales while steps remain
         self.keeper: MaskKeeper | None = None  # unstructured / 2:4: keeps zeroed weights at zero
         self.kept_only = False  # a sparse checkpoint fine-tuned without a schedule of its own
+        self.table = None  # prune_latency: the run's latency table (kept in memory; cached on disk)
         self._told_no_columns = False
 
     # --- events ---------------------------------------------------------------------------------------------------
@@ -155,24 +162,24 @@ class PruneCallbacks:
                     f"yolo-prune: resume ignores prune={self.cfg['prune']}, continuing prune={state['prune']}"
                 )
             LOGGER.info(f"yolo-prune: resuming with {state['done']}/{len(state['schedule'])} steps done")
-        elif self.cfg["prune"] is not None:
+        elif self.cfg["prune"] is not None or self.cfg["prune_latency"] is not None:
             if type(model).__name__ == "DistillationModel":
                 raise PruneError(DISTILL_MESSAGE)
             check_supported(model)
             info = model_info(model, FLOPS_IMGSZ)
+            target = self.cfg["prune"] if self.cfg["prune"] is not None else self.cfg["prune_latency"]
             schedule = make_schedule(
-                self.cfg["prune"],
-                trainer.epochs,
-                self.cfg["prune_steps"],
-                self.cfg["prune_start"],
-                self.cfg["prune_end"],
+                target, trainer.epochs, self.cfg["prune_steps"], self.cfg["prune_start"], self.cfg["prune_end"]
             )
             state = make_state(self.cfg, schedule.epochs, info)
-            what = (
-                f"{state['prune']:.0%} of {info['gflops']:.2f} GFLOPs"
-                if state["mode"] == "structured"
-                else f"{state['prune']:.0%} of the weights ({state['mode']})"
-            )
+            if self.cfg["prune_latency"] is not None:
+                state["latency"] = self._start_latency(trainer, model, state)
+                lat = state["latency"]
+                what = f"{lat['fraction']:.0%} of {lat['base_ms']:.2f} ms on {lat['runtime']} (imgsz {lat['imgsz']})"
+            elif state["mode"] == "structured":
+                what = f"{state['prune']:.0%} of {info['gflops']:.2f} GFLOPs"
+            else:
+                what = f"{state['prune']:.0%} of the weights ({state['mode']})"
             LOGGER.info(
                 f"yolo-prune: removing {what} in {schedule.steps} steps at epochs {[e + 1 for e in schedule.epochs]} "
                 f"({state['method']}, round {state['round']}"
@@ -192,6 +199,35 @@ class PruneCallbacks:
         self._info = model_info(model, FLOPS_IMGSZ)
         if _zeroes_weights(state) and sparsity(model, state["mode"]) > 0:  # resumed or fine-tuned: zeros are masks
             self.keeper = MaskKeeper(model, masks_from_zeros(model, state["mode"]))
+
+    def _runtime(self, trainer, lat: dict) -> Runtime:
+        """The runtime a latency schedule is measured on (torch: the trainer's device)."""
+        device = check_runtime(lat["runtime"], str(trainer.args.device or "0") if lat["runtime"] == "torch" else None)
+        return Runtime(lat["runtime"], device, lat["threads"], 1, lat["imgsz"])
+
+    def _latency_table(self, trainer, model, lat: dict, round_to: int):
+        """The latency table of the model as this run found it (built once per run, from the disk cache if there)."""
+        if self.table is None:
+            self.table = build_table(prepare_model(copy.deepcopy(model)), self._runtime(trainer, lat), round_to)
+        return self.table
+
+    def _start_latency(self, trainer, model, state: dict) -> dict:
+        """Build the table, measure the model, and refuse up front a target its convs cannot reach."""
+        lat = {
+            "fraction": self.cfg["prune_latency"],
+            "runtime": self.cfg["prune_runtime"],
+            "threads": self.cfg["prune_threads"],
+            "imgsz": trainer.args.imgsz,
+        }
+        table = self._latency_table(trainer, model, lat, state["round"])
+        lat.update(base_ms=round(table.full_ms, 3), table=str(table.path))
+        net = prepare_model(copy.deepcopy(model))  # is the target reachable? (the trace costs about a second)
+        options = {k: v for k, v in (state["options"] or {}).items() if k != "sensitivity"}
+        plan_for_latency(
+            net, lat["fraction"], self._runtime(trainer, lat), state["method"], state["round"], table=table,
+            measure=False, **options,
+        )  # fmt: skip
+        return lat
 
     @staticmethod
     def _check_schedule(trainer, state: dict) -> None:
@@ -294,7 +330,8 @@ class PruneCallbacks:
                 why = "the last epoch came first"
             LOGGER.warning(
                 f"yolo-prune: the prune schedule did not finish: {st['done']}/{n} steps ran before training stopped "
-                f"at epoch {trainer.epoch + 1} ({why}); the model has {reached} of the {st['prune']:.0%} asked"
+                f"at epoch {trainer.epoch + 1} ({why}); the model has {reached} of the "
+                f"{st['prune'] if st['prune'] is not None else st['latency']['fraction']:.0%} asked"
             )
         needs = needs_yolo_prune(unwrap_model(trainer.model))
         if needs:
@@ -312,6 +349,9 @@ class PruneCallbacks:
             lines.append(
                 f"{h['step']:>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}{h['seconds']:>9.1f}"
             )
+        last = st["history"][-1].get("latency")
+        if last and "measured_ms" in last:
+            lines.append(latency_line(last).replace("yolo-prune: ", "") + self._overall(last))
         LOGGER.info("yolo-prune summary\n" + "\n".join(lines))
 
     # --- the step -------------------------------------------------------------------------------------------------
@@ -322,16 +362,19 @@ class PruneCallbacks:
         model = unwrap_model(trainer.model)
         k, n = st["done"] + 1, len(st["schedule"])
         before = self._info or model_info(model, FLOPS_IMGSZ)
+        report = None
         if _zeroes_weights(st):
             self._sparsify_step(trainer, k, n)
         else:
-            self._structured_step(trainer, model, k, n, before)
+            report = self._structured_step(trainer, model, k, n, before)
         self._info = after = model_info(model, FLOPS_IMGSZ)
         seconds = time.perf_counter() - t0
         st["done"] = k
         record = {"step": k, "epoch": trainer.epoch, **after, "seconds": round(seconds, 2)}
         if _zeroes_weights(st):
             record["sparsity"] = round(sparsity(model, st["mode"]), 4)
+        if report:
+            record["latency"] = report
         st["history"].append(record)
         # best.pt must never be an earlier, larger model: fitness tracking restarts with each step
         trainer.best_fitness = None
@@ -343,21 +386,27 @@ class PruneCallbacks:
             f"{after['gflops']:.2f} ({1 - after['gflops'] / st['base']['gflops']:.1%} of the original removed)"
         )
         LOGGER.info(f"yolo-prune: step {k}/{n} at epoch {trainer.epoch + 1}: {change}, {seconds:.1f}s")
-        if not _zeroes_weights(st):
+        if report and "measured_ms" in report:
+            LOGGER.info(latency_line(report) + self._overall(report))
+        if not _zeroes_weights(st) and st["prune"] is not None:
             warn_if_missed(st["prune"] * k / n, st["base"]["gflops"], after["gflops"], f"step {k}/{n}")
         self._attach_state(trainer)
         save_after_step(trainer)
 
-    def _structured_step(self, trainer, model, k: int, n: int, before: dict) -> None:
+    def _structured_step(self, trainer, model, k: int, n: int, before: dict) -> dict | None:
+        """Plan on rank 0 (GFLOPs or latency target), broadcast, apply; returns the latency report of a latency step."""
         st = self.state
-        keep = (1 - st["prune"] * k / n) * st["base"]["gflops"]  # of the original; linear in GFLOPs
+        lat = st.get("latency")
+        keep = (1 - (st["prune"] or 0) * k / n) * st["base"]["gflops"]  # of the original; linear in GFLOPs
         options = dict(st.get("options") or {})
         # prune_layers ratios are of the original widths: step k takes the share that brings layer l to r*k/n
         options["layer_ratios"] = {
             key: 1 - (1 - r * k / n) / (1 - r * (k - 1) / n) for key, r in (options.get("layer_ratios") or {}).items()
         }
         prepare_model(model)
-        plan = None
+        plan, report = None, None
+        if lat:  # before any gradients: the table's forward must not add to them
+            self._latency_table(trainer, model, lat, st["round"])
         if RANK in {-1, 0}:
             if st["method"] in GRADIENT_METHODS:  # rank by gradients of real training batches at today's weights
                 used = accumulate_gradients(
@@ -365,19 +414,35 @@ class PruneCallbacks:
                 )
                 LOGGER.info(f"yolo-prune: {st['method']} importance from the gradients of {used} training batches")
             try:
-                plan = plan_for_target(
-                    model,
-                    prune=1 - keep / before["gflops"],
-                    method=st["method"],
-                    round_to=st["round"],
-                    imgsz=FLOPS_IMGSZ,
-                    **options,
-                )
+                if lat:  # step k leaves 1 - F*k/n of the latency the run started with, as the table predicts it
+                    options.pop("sensitivity", None)
+                    keep_ms = (1 - lat["fraction"] * k / n) * self.table.full_ms
+                    plan, report = plan_for_latency(
+                        model, lat["fraction"], self._runtime(trainer, lat), st["method"], st["round"],
+                        table=self.table, keep_ms=keep_ms, measure=k == n, **options,
+                    )  # fmt: skip
+                else:
+                    plan = plan_for_target(
+                        model,
+                        prune=1 - keep / before["gflops"],
+                        method=st["method"],
+                        round_to=st["round"],
+                        imgsz=FLOPS_IMGSZ,
+                        **options,
+                    )
             finally:
                 model.zero_grad(set_to_none=True)  # the first backward of the epoch must not add to these
         plan = broadcast_plan(plan)
         apply_step(trainer, plan)
         check_forward(model)
+        return report
+
+    def _overall(self, report: dict) -> str:
+        """Against the model the run started with (the last step's own measurement starts from step n-1's model)."""
+        lat = self.state["latency"]
+        return f"; since the start {lat['base_ms']:.2f} -> {report['measured_ms'][1]:.2f} ms " + (
+            f"({lat['base_ms'] / report['measured_ms'][1]:.2f}x, target {1 / (1 - lat['fraction']):.2f}x)"
+        )
 
     def _sparsify_step(self, trainer, k: int, n: int) -> None:
         """Unstructured / 2:4 step: zero weights (same masks on every rank: the weights are identical), mask the EMA."""

@@ -23,8 +23,12 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "prune_sparsity": 0.0,  # L1 weight on BatchNorm scales while training towards each step (network slimming)
     "prune_mode": "structured",  # or unstructured / 2:4: zero weights in place instead of removing channels
     "prune_sensitivity": None,  # sensitivity.csv from 'yolo-prune sensitivity', for prune_method=sensitivity
+    "prune_latency": None,  # or: fraction of the measured latency to remove on prune_runtime, 0 < prune_latency < 1
+    "prune_runtime": "onnxruntime",  # where latency is measured: onnxruntime | openvino | torch (device=, CUDA fp16)
+    "prune_threads": None,  # CPU threads of that runtime (default: the runtime's own)
 }
 PRUNE_MODES = ("structured", "unstructured", "2:4")
+RUNTIMES = ("onnxruntime", "openvino", "torch")  # prune_runtime: where prune_latency is measured
 # the versions the test suite passes on (benchmarks/compat.py); pyproject.toml declares the same ranges
 SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.190,<8.5"
 
@@ -52,8 +56,15 @@ def check_prune_args(args: dict[str, Any]) -> dict[str, Any]:
     cfg = {**PRUNE_DEFAULTS, **args}
     cfg["prune"] = _fraction("prune", cfg["prune"])
     cfg["prune_ratio"] = _fraction("prune_ratio", cfg["prune_ratio"])
-    if cfg["prune"] is not None and cfg["prune_ratio"] is not None:
-        raise PruneError("prune and prune_ratio are exclusive; accepted: one of them")
+    cfg["prune_latency"] = _fraction("prune_latency", cfg["prune_latency"])
+    given = [k for k in ("prune", "prune_ratio", "prune_latency") if cfg[k] is not None]
+    if len(given) > 1:
+        raise PruneError(f"{' and '.join(given)} are exclusive; accepted: one of prune, prune_ratio, prune_latency")
+    if cfg["prune_runtime"] not in RUNTIMES:
+        raise PruneError(f"prune_runtime={cfg['prune_runtime']!r} is invalid; accepted: {', '.join(RUNTIMES)}")
+    t = cfg["prune_threads"]
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise PruneError(f"prune_threads={t!r} is invalid; accepted: an integer >= 1")
     if cfg["prune_method"] not in IMPORTANCES:
         raise PruneError(f"prune_method={cfg['prune_method']!r} is invalid; accepted: {', '.join(IMPORTANCES)}")
     r = cfg["prune_round"]

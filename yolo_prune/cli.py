@@ -35,6 +35,7 @@ PRUNE_KEYS = {
     "imgsz": 640,
     "data": None,  # batches for the gradient criteria (taylor, hessian)
     "batch": 16,
+    "device": None,  # prune_runtime=torch: the GPU to time on (device=cpu for CPU timing)
     "project": "runs/prune",
     "name": "exp",
     "exist_ok": False,
@@ -65,6 +66,8 @@ HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune M
   yolo-prune sensitivity model=trained.pt data=shapes [ratios=0.1,0.3,0.5] [imgsz=640] [layers=2,4] [prune_method=l2]
       prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png
 
+  latency: prune_latency=0.5 (instead of prune: the fraction of the measured latency to remove)
+      prune_runtime=onnxruntime|openvino|torch  prune_threads=N  device=0 (torch: CUDA fp16)
   pruning keys: prune_method=l1|l2|bn|taylor|lamp|fpgm|hessian|random|sensitivity  prune_round=16
       prune_global=False prune_max_ratio=0.9  prune_ignore=0,22  prune_layers=ratios.yaml  prune_sparsity=0.0
       prune_mode=structured|unstructured|2:4  prune_sensitivity=sensitivity.csv
@@ -146,11 +149,12 @@ def _train(overrides: dict[str, Any]) -> None:
         overrides["resume"] = True
     if not model:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
-    if cfg["prune"] is not None and overrides.get("distill_model"):
+    target = cfg["prune"] if cfg["prune"] is not None else cfg["prune_latency"]
+    if target is not None and overrides.get("distill_model"):
         raise PruneError(DISTILL_MESSAGE)
-    if cfg["prune"] is not None and not resume:  # fail before any run folder is created
+    if target is not None and not resume:  # fail before any run folder is created
         epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
-        schedule = make_schedule(cfg["prune"], epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
+        schedule = make_schedule(target, epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
         patience = overrides.get("patience", DEFAULT_CFG_DICT["patience"])
         check_patience(patience, schedule.epochs, val=overrides.get("val", DEFAULT_CFG_DICT["val"]))
     yolo = load_model(model)

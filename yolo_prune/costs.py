@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .graph import TRACE_IMGSZ
+from .latency import LatencyTable, conv_units
 
 
 class CostModel:
@@ -100,3 +101,51 @@ class FlopsCost(CostModel):
                 cin = (m.in_channels - d_in.get(m, 0)) / m.groups
                 total += k * cin * (m.out_channels - d_out.get(m, 0)) * hw
         return total
+
+
+class LatencyCost(CostModel):
+    """Predicted model latency (ms) when group ``g`` of a :class:`ChannelPruner` loses ``removed[g]`` channels."""
+
+    def __init__(self, pruner, table: LatencyTable):
+        super().__init__(len(pruner.groups))
+        self.table = table
+        # the pruner's model may be the table's model after earlier steps: same convs in the same order, narrower
+        self.now = conv_units(pruner.model, table.rt.imgsz)
+        if [len(u.convs) for u in self.now] != [len(u.convs) for u in table.units]:
+            raise RuntimeError("yolo-prune: the latency table belongs to a model of another structure")
+        unit_of = {c: i for i, u in enumerate(self.now) for c in u.convs}
+        self.touched: list[list[tuple[int, str]]] = []  # per group: (unit index, "out"|"in")
+        for _, _, group, _ in pruner.groups:
+            seen = []
+            for dep, _ in group:
+                m = dep.target.module
+                if m in unit_of:
+                    kind = "out" if pruner.graph.is_out_channel_pruning_fn(dep.handler) else "in"
+                    if (unit_of[m], kind) not in seen:
+                        seen.append((unit_of[m], kind))
+            self.touched.append(seen)
+        self.by_unit: list[list[tuple[int, str]]] = [[] for _ in self.now]
+        for g, layers in enumerate(self.touched):
+            for i, kind in layers:
+                self.by_unit[i].append((g, kind))
+
+    def _unit_ms(self, i: int, removed: list[int], extra: dict[int, int] | None = None) -> float:
+        """Latency of unit ``i`` when each group g has lost ``removed[g]`` (+ ``extra[g]``) channels."""
+        u, now = self.table.units[i], self.now[i]
+        d = {"out": 0, "in": 0}
+        for g, kind in self.by_unit[i]:
+            d[kind] += removed[g] + (extra or {}).get(g, 0)
+        if u.depthwise:
+            c = now.cin - max(d.values())
+            return self.table.unit_ms(u, c, c)
+        return self.table.unit_ms(u, now.cin - d["in"], now.cout - d["out"])
+
+    def estimate(self, removed: list[int]) -> float:
+        """Predicted milliseconds: the fixed cost plus every conv at its kept widths."""
+        return self.table.fixed_ms + sum(self._unit_ms(i, removed) for i in range(len(self.now)))
+
+    def saved_by(self, removed: list[int], move: tuple[int, ...], n: int) -> float:
+        """Predicted milliseconds saved if every group in ``move`` loses ``n`` more channels (touched convs only)."""
+        extra = dict.fromkeys(move, n)
+        units = {i for g in move for i, _ in self.touched[g]}
+        return sum(self._unit_ms(i, removed) - self._unit_ms(i, removed, extra) for i in units)

@@ -23,10 +23,10 @@ from ultralytics.nn.modules.block import Attention
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
-from .allocate import removed_for_cost, removed_for_target, removed_global, removed_uniform
+from .allocate import removed_for_cost, removed_for_latency, removed_for_target, removed_global, removed_uniform
 from .blocks import C2fSplit, C2PSASplit, fold_model
 from .cfg import PRUNE_DEFAULTS, PruneError
-from .costs import CostModel, FlopsCost
+from .costs import CostModel, FlopsCost, LatencyCost
 from .graph import (
     CUSTOMIZED_PRUNERS,
     SUPPORTED_BLOCKS,
@@ -42,6 +42,7 @@ from .graph import (
     tracing_mode,
 )
 from .importance import GRADIENT_METHODS, accumulate_gradients, get_importance
+from .latency import LatencyTable, Runtime, build_table, measure_models
 from .plan import PrunePlan, _apply, apply_plan, check_forward, kept_channels
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "layer_widths",
     "model_info",
     "options_from_cfg",
+    "plan_for_latency",
     "plan_for_target",
     "prune_model",
     # re-exported from graph, costs and plan (they used to live here)
@@ -314,6 +316,8 @@ def prune_model(
     imgsz: int = 640,
     ignored_layers=(),
     batches=None,
+    latency: float | None = None,
+    runtime: Runtime | None = None,
     **options,
 ) -> PrunePlan:
     """Prune an Ultralytics detection model in place; returns the plan that was applied.
@@ -326,11 +330,14 @@ def prune_model(
             ``sensitivity``).
         round_to: Kept channel counts are multiples of this.
         batches: Training batches (Ultralytics batch dicts, preprocessed) for ``taylor`` / ``hessian``.
+        latency: Instead of ``prune``: the fraction of the measured latency on ``runtime`` to remove; the returned
+            plan's ``latency`` holds the predicted and measured milliseconds before and after.
+        runtime: Where latency is measured (:class:`~yolo_prune.latency.Runtime`; ONNX Runtime at ``imgsz`` by default).
         options: ``ignore``, ``layer_ratios``, ``global_rank``, ``max_ratio``, ``sensitivity`` (see ChannelPruner).
     """
-    if prune is not None and ratio is not None:
-        raise PruneError("prune: give one of prune=<GFLOPs fraction> or prune_ratio=<channel ratio>, not both")
-    if prune is None and ratio is None and not options.get("layer_ratios"):
+    if sum(x is not None for x in (prune, ratio, latency)) > 1:
+        raise PruneError("prune: give one of prune=<GFLOPs fraction>, prune_ratio=<channel ratio> or prune_latency")
+    if prune is None and ratio is None and latency is None and not options.get("layer_ratios"):
         raise PruneError("prune: give prune=<GFLOPs fraction>, prune_ratio=<channel ratio> or prune_layers")
     model = unwrap_model(
         getattr(model, "model", model) if not isinstance(model, (DetectionModel, ClassificationModel)) else model
@@ -344,9 +351,91 @@ def prune_model(
             model.__dict__.pop(k, None)
         model.__dict__.update(saved)
     try:
-        plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers, **options)
+        if latency is not None:
+            rt = runtime or Runtime(imgsz=imgsz)
+            options.pop("sensitivity", None)  # latency allocates by importance per millisecond, not by a table
+            plan, info = plan_for_latency(model, latency, rt, method, round_to, ignored_layers, **options)
+            plan.latency = info
+        else:
+            plan = plan_for_target(model, prune, ratio, method, round_to, imgsz, ignored_layers, **options)
     finally:
         model.zero_grad(set_to_none=True)
     apply_plan(model, plan)
     check_forward(model)
     return plan
+
+
+MEASURE_TOLERANCE = 0.02  # measured latency ratio within 2 points of the target: 2x lands in 1.92x-2.08x
+
+
+def plan_for_latency(
+    model: nn.Module,
+    fraction: float,
+    rt: Runtime,
+    method: str = "l2",
+    round_to: int = 16,
+    ignored_layers=(),
+    table: LatencyTable | None = None,
+    keep_ms: float | None = None,
+    measure: bool = True,
+    **options,
+) -> tuple[PrunePlan, dict]:
+    """Plan a prune of ``model`` (prepared) that removes ``fraction`` of its latency on ``rt``; returns (plan, info).
+
+    Channels go by importance lost per predicted millisecond saved (:func:`removed_for_latency`) until the predicted
+    latency reaches ``keep_ms`` (default: ``1 - fraction`` of the model's own). With ``measure`` the pruned model is
+    exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed up to twice
+    until the measured ratio is within 2 points of the target; ``info`` carries predicted and measured milliseconds.
+    PruneError if the target cannot be reached, with the best reachable fraction.
+    """
+    pruner = ChannelPruner(model, method=method, round_to=round_to, ignored_layers=ignored_layers, **options)
+    max_ratio = pruner.max_ratio
+    table = table or build_table(model, rt, round_to)
+    cost = LatencyCost(pruner, table)
+    target = keep_ms if keep_ms is not None else (1 - fraction) * cost.base
+
+    def solve(aim: float):
+        removed = removed_for_latency(pruner, cost, aim, max_ratio)
+        return removed, cost.estimate(removed)
+
+    removed, pred = solve(target)
+    if pred > target + 0.01 * cost.base:
+        reach = 1 - pred / (cost.base if keep_ms is None else target / (1 - fraction))
+        raise PruneError(
+            f"prune_latency={fraction:g} cannot be reached on {rt.name} at imgsz {rt.imgsz}: the model's convs can "
+            f"give at most {max(reach, 0):.2f} of its latency (prune_round={round_to}, prune_max_ratio={max_ratio}); "
+            f"accepted: prune_latency <= {max(reach, 0):.2f}"
+        )
+    plan = pruner.plan_removed(removed)
+    info = {
+        "runtime": rt.name,
+        "device": rt.device,
+        "threads": rt.threads,
+        "imgsz": rt.imgsz,
+        "batch": rt.batch,
+        "table": str(table.path),
+        "table_shapes_timed": table.timed,
+        "fixed_ms": round(table.fixed_ms, 3),
+        "predicted_ms": [round(cost.base, 3), round(pred, 3)],
+    }
+    if not measure:
+        return plan, info
+    want = target / cost.base  # the measured ratio pruned / unpruned to reach
+    aim, best = target, None
+    for _ in range(3):
+        ms = measure_models({"base": model, "pruned": apply_plan(copy.deepcopy(model), plan)}, rt)
+        ratio = ms["pruned"] / ms["base"]
+        if best is None or abs(ratio - want) < abs(best[1] - want):
+            best = (plan, ratio, ms, pred)
+        if abs(ratio - want) <= MEASURE_TOLERANCE:
+            break
+        aim *= want / ratio  # the prediction was off by this much on this machine: aim where the measurement lands
+        removed, pred = solve(aim)
+        plan = pruner.plan_removed(removed)
+    plan, ratio, ms, pred = best
+    info.update(
+        predicted_ms=[round(cost.base, 3), round(pred, 3)],
+        measured_ms=[round(ms["base"], 3), round(ms["pruned"], 3)],
+        measured_speedup=round(1 / ratio, 3),
+    )
+    return plan, info

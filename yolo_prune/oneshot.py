@@ -24,6 +24,7 @@ from .engine import layer_widths, model_info, options_from_cfg, prune_model
 from .graph import check_supported
 from .importance import GRAD_BATCHES, GRADIENT_METHODS
 from .schedule import warn_if_missed
+from .latency import Runtime, check_runtime, latency_line
 from .unstructured import compressed_mb, sparsify, sparsity
 
 
@@ -45,6 +46,7 @@ def prune_file(
     imgsz: int = 640,
     data: str | None = None,
     batch: int = 16,
+    device: str | None = None,
     project: str | Path = "runs/prune",
     name: str = "exp",
     exist_ok: bool = False,
@@ -59,8 +61,18 @@ def prune_file(
     """
     cfg = check_prune_args(prune_args)
     mode = cfg["prune_mode"]
-    if mode != "2:4" and cfg["prune"] is None and cfg["prune_ratio"] is None and not cfg["prune_layers"]:
-        raise PruneError("prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1> or prune_ratio=<0-1>")
+    targets = (cfg["prune"], cfg["prune_ratio"], cfg["prune_latency"])
+    if mode != "2:4" and all(t is None for t in targets) and not cfg["prune_layers"]:
+        raise PruneError(
+            "prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1>, prune_ratio=<0-1> or "
+            "prune_latency=<fraction of the latency to remove, 0-1>"
+        )
+    runtime = None
+    if cfg["prune_latency"] is not None:
+        if mode != "structured":
+            raise PruneError(f"prune_latency needs prune_mode=structured (zeros do not run faster); got {mode}")
+        dev = check_runtime(cfg["prune_runtime"], device)
+        runtime = Runtime(cfg["prune_runtime"], dev, cfg["prune_threads"], 1, imgsz)
     if cfg["prune_method"] in GRADIENT_METHODS and mode == "structured" and not data:
         raise PruneError(f"prune_method={cfg['prune_method']} ranks by gradients; accepted: add data=<dataset>")
     imgsz = check_imgsz(imgsz)
@@ -84,9 +96,13 @@ def prune_file(
             round_to=cfg["prune_round"],
             imgsz=imgsz,
             batches=batches,
+            latency=cfg["prune_latency"],
+            runtime=runtime,
             **options_from_cfg(cfg),
         )
         channel_ratio = plan.ratio
+        if plan.latency:
+            extra["latency"] = plan.latency
     else:
         amount = cfg["prune"] if cfg["prune"] is not None else cfg["prune_ratio"]
         amount = amount or 0.5  # 2:4 is always half
@@ -107,7 +123,7 @@ def prune_file(
         "model": str(model),
         "method": cfg["prune_method"],
         "mode": mode,
-        "target": {"prune": cfg["prune"], "prune_ratio": cfg["prune_ratio"]},
+        "target": {"prune": cfg["prune"], "prune_ratio": cfg["prune_ratio"], "prune_latency": cfg["prune_latency"]},
         "prune_round": cfg["prune_round"],
         "imgsz": imgsz,
         "params_before": before["params"],
@@ -133,6 +149,8 @@ def prune_file(
     atomic_write_bytes(save_dir / "prune_summary.json", json.dumps(summary, indent=2).encode())
     summary["save_dir"] = str(save_dir)
     LOGGER.info(format_table(summary))
+    if "latency" in summary:
+        LOGGER.info(latency_line(summary["latency"]))
     if needs:
         LOGGER.warning(
             f"yolo-prune: {weights} needs yolo-prune installed to load: blocks {', '.join(needs)} have halves of "

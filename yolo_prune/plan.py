@@ -26,6 +26,7 @@ class PrunePlan:
     groups: list[tuple[str, list[int]]] = field(default_factory=list)
     ratio: float = 0.0  # per-layer channel ratio the plan was made with
     est_flops_fraction: float = 1.0  # estimated GFLOPs after / before (conv and linear layers)
+    latency: dict | None = None  # prune_latency: runtime, predicted and measured milliseconds before / after
 
     @property
     def n_channels(self) -> int:

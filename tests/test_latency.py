@@ -1,0 +1,136 @@
+"""prune_latency: the latency table (built, cached, reused), the planner reaching a latency target, bad input."""
+
+import json
+import sys
+
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel
+
+from conftest import run_cli
+from yolo_prune.cfg import PruneError, check_prune_args
+from yolo_prune.engine import ChannelPruner, prepare_model
+from yolo_prune.allocate import removed_for_latency
+from yolo_prune.costs import LatencyCost
+from yolo_prune.latency import LatencyTable, Runtime, build_table, check_runtime, conv_units, widths
+
+RT = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=96)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "latency"
+
+
+def model(cfg="yolo11n.yaml"):
+    torch.manual_seed(0)
+    return prepare_model(DetectionModel(cfg, nc=6, verbose=False))
+
+
+def test_widths_are_the_prune_round_grid():
+    assert widths(64, 16) == [16, 32, 48, 64]
+    assert widths(40, 16) == [24, 40]  # an off-grid width moves in whole units and keeps at least one
+    assert widths(8, 16) == [8]
+
+
+def test_table_is_built_cached_and_reused(cache):
+    m = model()
+    table = build_table(m, RT, 16)
+    assert table.timed == len(table.needed()) > 100 and table.full_ms > 0
+    assert table.path.parent == cache and table.path.is_file()
+    saved = json.loads(table.path.read_text())
+    assert saved["runtime"] == "onnxruntime" and saved["threads"] == 1 and saved["imgsz"] == 96
+    again = build_table(model(), RT, 16)  # a second run on the same machine: nothing is timed again
+    assert again.timed == 0 and again.times == table.times and again.fixed_ms == table.fixed_ms
+    other = LatencyTable(conv_units(m, 64), Runtime("onnxruntime", "cpu", 1, 1, 64), 16)
+    assert other.path != table.path  # another imgsz is another table
+
+
+def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
+    m = model()
+    pruner = ChannelPruner(m, round_to=16)
+    cost = LatencyCost(pruner, build_table(m, RT, 16))
+    u = max(cost.table.units, key=lambda u: u.cout)
+    assert cost.table.unit_ms(u, u.cin, u.cout // 4) < cost.table.unit_ms(u, u.cin, u.cout)
+    removed = removed_for_latency(pruner, cost, 0.6 * cost.base)
+    assert 0.57 * cost.base <= cost.estimate(removed) <= 0.6 * cost.base
+    assert all(removed[a] == removed[b] for a, b in pruner.pairs if None not in (a, b))  # halves stay equal
+
+
+def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
+    r = run_cli(
+        "prune", "model=yolo11n.yaml", "prune_latency=0.4", "imgsz=96", "prune_threads=1", f"project={tmp_path}",
+        "name=l",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "l" / "prune_summary.json").read_text())
+    lat = s["latency"]
+    assert lat["runtime"] == "onnxruntime" and lat["threads"] == 1 and lat["imgsz"] == 96
+    pb, pp = lat["predicted_ms"]
+    mb, mp = lat["measured_ms"]
+    # aimed at 1 - 0.4 of the latency, then re-aimed by what the export measured (noisy at 96 px: a behaviour check)
+    assert 0.45 <= pp / pb <= 0.75 and 0.45 <= mp / mb <= 0.8
+    assert lat["measured_speedup"] == pytest.approx(mb / mp, rel=1e-2)
+    assert "measured" in r.stdout + r.stderr and s["gflops_after"] < s["gflops_before"]
+    assert list(cache.glob("*.json"))  # the table was cached
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (
+            {"prune_latency": 0.5, "prune_runtime": "tensorrt"},
+            "prune_runtime='tensorrt' is invalid; accepted: onnxruntime",
+        ),
+        ({"prune_latency": 1.5}, "prune_latency=1.5 is invalid; accepted: a number with 0 < prune_latency < 1"),
+        ({"prune_latency": 0.5, "prune": 0.5}, "prune and prune_latency are exclusive"),
+        ({"prune_latency": 0.5, "prune_threads": 0}, "prune_threads=0 is invalid"),
+    ],
+)
+def test_bad_latency_keys(keys, message):
+    with pytest.raises(PruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_prune_args(keys)
+
+
+def test_runtime_checks(monkeypatch):
+    with pytest.raises(PruneError, match="prune_runtime=torch device=0 needs a CUDA GPU.*accepted: device=cpu"):
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+        check_runtime("torch", "0")
+    assert check_runtime("torch", "cpu") == "cpu"  # CPU timing is allowed when asked for
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(PruneError, match="prune_runtime=openvino needs OpenVINO.*pip install openvino"):
+        check_runtime("openvino")
+
+
+def test_bad_input_writes_nothing(tmp_path, cache):
+    for args, key in (
+        (["prune_latency=0.5", "prune_runtime=tflite"], "prune_runtime"),
+        (["prune_latency=0.5", "prune=0.3"], "exclusive"),
+        (["prune_latency=0.99", "imgsz=64"], "prune_latency=0.99 cannot be reached"),
+    ):
+        r = run_cli("prune", "model=yolo11n.yaml", *args, f"project={tmp_path}/o")
+        assert r.returncode == 2 and key in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert not (tmp_path / "o").exists()
+
+
+def test_prune_latency_in_training_steps_to_its_target(tmp_path, cache):
+    from ultralytics import YOLO
+
+    from yolo_prune import add_pruning
+
+    model = add_pruning(
+        YOLO("yolo11n.yaml"), prune_latency=0.4, prune_steps=2, prune_start=1, prune_end=2, prune_threads=1
+    )
+    model.train(data="shapes-8", imgsz=96, batch=4, workers=0, plots=False, val=False, epochs=3, project=str(tmp_path))
+    state = YOLO(str(tmp_path / "train" / "weights" / "last.pt")).model.prune_state
+    lat = state["latency"]
+    assert lat["fraction"] == 0.4 and lat["runtime"] == "onnxruntime" and lat["imgsz"] == 96 and lat["base_ms"] > 0
+    first, last = (h["latency"] for h in state["history"])
+    assert "measured_ms" not in first and "measured_ms" in last  # measured once, at the last step
+    table = json.loads(next(cache.glob("*.json")).read_text())
+    # step k aims at 1 - 0.4 k / 2 of the start's predicted latency; the last one is re-aimed by its measurement
+    assert first["predicted_ms"][1] == pytest.approx(0.8 * table["full_ms"], rel=0.03)
+    assert last["measured_ms"][1] < last["measured_ms"][0]
+    assert state["history"][-1]["gflops"] < state["base"]["gflops"]

@@ -1,0 +1,391 @@
+"""Latency cost model: how long the model takes on the runtime it will run on, as a function of its widths.
+
+GFLOPs do not translate into time evenly: ONNX Runtime realizes 0.92-0.99 of a GFLOPs cut on CPU, OpenVINO 0.82, and
+PyTorch CUDA at batch 1 made a pruned model slower. So each conv the runtime executes is timed in isolation on that
+runtime, at its real input shape, at every width a prune can give it (multiples of ``prune_round`` below its own), and
+the whole model once; what the convs do not explain is the fixed cost the model keeps whatever its widths.
+
+A conv's latency at (kept inputs, kept outputs) is taken as separable, ``L(ci, co) = L(ci, full) * L(full, co) /
+L(full, full)``: two 1-D curves per conv instead of a grid, which keeps a yolo11n table under two minutes on 2 CPU
+cores. The two halves of a split C2f/C2PSA ``cv1`` run as one folded conv, so they are timed as one.
+
+The table is cached on disk under the dataset cache folder, keyed by runtime, device, threads, batch, imgsz and the
+model's conv shapes, so a second run on the same machine reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cfg import RUNTIMES, PruneError
+
+TABLE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where latency is measured: the runtime, its device and thread count, and the input batch and size."""
+
+    name: str = "onnxruntime"
+    device: str = "cpu"
+    threads: int | None = None
+    batch: int = 1
+    imgsz: int = 640
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"runtime": self.name, "device": self.device, "threads": self.threads, "batch": self.batch}
+
+
+def check_runtime(name: str, device: str | None = None) -> str:
+    """Validate ``prune_runtime`` (and ``device`` for torch); returns the device to time on. PruneError otherwise."""
+    if name not in RUNTIMES:
+        raise PruneError(f"prune_runtime={name!r} is invalid; accepted: {', '.join(RUNTIMES)}")
+    device = str(device if device is not None else ("0" if name == "torch" else "cpu"))
+    if name == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise PruneError(
+                "prune_runtime=openvino needs OpenVINO, which is not installed; accepted: pip install openvino "
+                "(or pip install 'yolo-prune[openvino]'), or prune_runtime=onnxruntime"
+            ) from None
+    if name in ("onnxruntime", "openvino") and device != "cpu":
+        raise PruneError(f"device={device} is invalid with prune_runtime={name}; accepted: device=cpu")
+    if name == "torch" and device != "cpu" and not torch.cuda.is_available():
+        raise PruneError(
+            f"prune_runtime=torch device={device} needs a CUDA GPU and none is available; accepted: device=cpu "
+            f"(times PyTorch fp32 on the CPU), or prune_runtime=onnxruntime|openvino"
+        )
+    return device
+
+
+def latency_cache_dir() -> Path:
+    """``<dataset cache>/../latency``: beside the built-in datasets (``$YOLO_PRUNE_CACHE`` or ``~/.cache/yolo-prune``)."""
+    from .datasets import cache_dir
+
+    return cache_dir().parent / "latency"
+
+
+# --- timing ----------------------------------------------------------------------------------------------------------
+def _median_ms(fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25) -> float:
+    """Median of up to ``runs`` timed calls after ``warmup``, stopping early once ``budget_s`` is spent."""
+    for _ in range(warmup):
+        fn()
+    t, start = [], time.perf_counter()
+    while len(t) < runs and (len(t) < 3 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(t))
+
+
+def _conv_onnx(sig: tuple, opset: int = 17) -> bytes:
+    """A one-conv ONNX model (conv + bias, SiLU if ``act``) of signature ``sig``, built directly with onnx.helper:
+    exporting a torch module per shape would cost more than timing it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cin, cout, k, s, p, g, d, h, w, act, batch = sig
+    rng = np.random.default_rng(0)
+    wt = numpy_helper.from_array(rng.standard_normal((cout, cin // g, k, k)).astype(np.float32) * 0.05, "W")
+    b = numpy_helper.from_array(np.zeros(cout, np.float32), "B")
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "W", "B"], ["c"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g, dilations=[d, d]
+        )
+    ]
+    if act:
+        nodes += [helper.make_node("Sigmoid", ["c"], ["sg"]), helper.make_node("Mul", ["c", "sg"], ["y"])]
+    else:
+        nodes += [helper.make_node("Identity", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [wt, b],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+def onnx_runner(model: bytes | str, rt: Runtime) -> Callable[[], Any]:
+    """A callable running one inference of an ONNX model (bytes or path) on ``rt`` (ONNX Runtime or OpenVINO)."""
+    if rt.name == "onnxruntime":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if rt.threads:
+            so.intra_op_num_threads = rt.threads
+        s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        inp = s.get_inputs()[0]
+        x = np.random.rand(*[d if isinstance(d, int) else rt.batch for d in inp.shape]).astype(np.float32)
+        return lambda: s.run(None, {inp.name: x})
+    import openvino as ov
+
+    core = ov.Core()
+    if rt.threads:
+        core.set_property("CPU", {"INFERENCE_NUM_THREADS": rt.threads})
+    m = core.read_model(model=model) if isinstance(model, bytes) else core.read_model(str(model))
+    compiled = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    shape = [d.get_length() if d.is_static else rt.batch for d in compiled.input(0).get_partial_shape()]
+    x = np.random.rand(*shape).astype(np.float32)
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Callable[[], Any]:
+    """A callable running ``module`` on ``rt``'s device (CUDA fp16, synchronized; fp32 on the CPU)."""
+    cuda = rt.device != "cpu"
+    dev = torch.device(f"cuda:{rt.device}" if cuda and rt.device.isdigit() else rt.device)
+    dtype = torch.half if cuda else torch.float32
+    module = module.to(dev, dtype).eval()
+    x = torch.rand(*shape, device=dev, dtype=dtype)
+
+    def run():
+        with torch.inference_mode():
+            module(x)
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    return run
+
+
+def time_conv(sig: tuple, rt: Runtime) -> float:
+    """Milliseconds of one conv of signature ``sig`` on ``rt``."""
+    if rt.name == "torch":
+        cin, cout, k, s, p, g, d, h, w, act, batch = sig
+        m = nn.Sequential(nn.Conv2d(cin, cout, k, s, p, dilation=d, groups=g), nn.SiLU() if act else nn.Identity())
+        return _median_ms(torch_runner(m, (batch, cin, h, w), rt))
+    return _median_ms(onnx_runner(_conv_onnx(sig), rt))
+
+
+# --- the table -------------------------------------------------------------------------------------------------------
+@dataclass
+class ConvUnit:
+    """One conv the runtime executes: a model conv, or a split block's two ``cv1`` halves folded into one."""
+
+    convs: list[nn.Conv2d]
+    cin: int
+    cout: int
+    k: int
+    s: int
+    p: int
+    g: int
+    d: int
+    h: int
+    w: int
+    act: bool
+
+    @property
+    def depthwise(self) -> bool:
+        return self.g > 1 and self.g == self.cin == self.cout
+
+    def sig(self, cin: int, cout: int, batch: int) -> tuple:
+        g = cin if self.depthwise else self.g
+        cout = cin if self.depthwise else cout
+        return (cin, cout, self.k, self.s, self.p, g, self.d, self.h, self.w, self.act, batch)
+
+
+def conv_units(model: nn.Module, imgsz: int) -> list[ConvUnit]:
+    """The convs of a prepared (split) model as the runtime runs them, with their input sizes at ``imgsz``."""
+    from .blocks import C2fSplit, C2PSASplit
+
+    hw: dict[nn.Module, tuple[int, int]] = {}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, tuple(i[0].shape[-2:]))) for m in convs]
+    p = next(model.parameters())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    act = {id(m.conv): not isinstance(getattr(m, "act", nn.Identity()), nn.Identity) for m in model.modules()
+           if isinstance(getattr(m, "conv", None), nn.Conv2d)}  # fmt: skip
+    pairs = {}
+    for m in model.modules():
+        if isinstance(m, (C2fSplit, C2PSASplit)):
+            pairs[m.cv0.conv] = m.cv1.conv
+    skip = set(pairs.values())
+    units = []
+    for m in convs:
+        if m in skip or m not in hw:
+            continue
+        members = [m, pairs[m]] if m in pairs else [m]
+        units.append(
+            ConvUnit(
+                convs=members,
+                cin=m.in_channels,
+                cout=sum(c.out_channels for c in members),
+                k=m.kernel_size[0],
+                s=m.stride[0],
+                p=m.padding[0] if isinstance(m.padding, tuple) else 0,
+                g=m.groups,
+                d=m.dilation[0],
+                h=hw[m][0],
+                w=hw[m][1],
+                act=act.get(id(m), False),
+            )
+        )
+    return units
+
+
+def widths(full: int, step: int) -> list[int]:
+    """Every width a prune can leave: ``full``, then ``full - k * step`` down to ``step``."""
+    return sorted({full - k * step for k in range((full - 1) // step + 1) if full - k * step >= min(step, full)})
+
+
+def model_signature(units: list[ConvUnit]) -> str:
+    """A short hash of the conv shapes: a different model (or a pruned one) gets its own table."""
+    shapes = [(u.cin, u.cout, u.k, u.s, u.g, u.h, u.w, u.act) for u in units]
+    return hashlib.sha1(json.dumps(shapes).encode()).hexdigest()[:16]
+
+
+class LatencyTable:
+    """Per-conv latency curves (ms) on one runtime, plus the model's fixed cost; cached as JSON."""
+
+    def __init__(self, units: list[ConvUnit], rt: Runtime, step: int):
+        self.units, self.rt, self.step = units, rt, step
+        self.times: dict[tuple, float] = {}  # signature -> ms
+        self.fixed_ms = 0.0
+        self.full_ms = 0.0
+        self.timed = 0  # timings made by this object (0 when everything came from the cache)
+
+    @property
+    def path(self) -> Path:
+        key = {**self.rt.key, "imgsz": self.rt.imgsz, "step": self.step, "model": model_signature(self.units)}
+        name = "-".join(str(v) for v in key.values()).replace("/", "_").replace(":", "_")
+        return latency_cache_dir() / f"{name}.json"
+
+    def needed(self) -> list[tuple]:
+        """Signatures the curves need: every output width at full input, every input width at full output."""
+        b = self.rt.batch
+        out = []
+        for u in self.units:
+            if u.depthwise:
+                out += [u.sig(c, c, b) for c in widths(u.cin, self.step)]
+            else:
+                out += [u.sig(u.cin, c, b) for c in widths(u.cout, self.step)]
+                out += [u.sig(c, u.cout, b) for c in widths(u.cin, self.step)]
+        return list(dict.fromkeys(out))
+
+    def build(self, full_model_ms: Callable[[], float]) -> LatencyTable:
+        """Load the cached table, or time what it lacks (TQDM progress) and the whole model, and save it."""
+        from ultralytics.utils import LOGGER, TQDM
+
+        from .checkpoint import atomic_write_bytes
+
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("version") == TABLE_VERSION:
+                self.times = {tuple(json.loads(k)): v for k, v in saved["times"].items()}
+                self.fixed_ms, self.full_ms = saved["fixed_ms"], saved["full_ms"]
+        todo = [s for s in self.needed() if s not in self.times]
+        if todo or not self.full_ms:
+            t0 = time.perf_counter()
+            for sig in TQDM(todo, desc=f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"):
+                self.times[sig] = time_conv(sig, self.rt)
+            self.timed = len(todo)
+            self.full_ms = full_model_ms()
+            self.fixed_ms = self.full_ms - sum(self.unit_ms(u, u.cin, u.cout) for u in self.units)
+            data = {"version": TABLE_VERSION, **self.rt.key, "imgsz": self.rt.imgsz, "step": self.step}
+            times = {json.dumps(list(k)): v for k, v in self.times.items()}
+            data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms)
+            atomic_write_bytes(self.path, json.dumps(data).encode())
+            LOGGER.info(
+                f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed) in "
+                f"{time.perf_counter() - t0:.1f}s: model {self.full_ms:.2f} ms, fixed {self.fixed_ms:.2f} ms -> "
+                f"{self.path}"
+            )
+        return self
+
+    def _t(self, u: ConvUnit, cin: int, cout: int) -> float:
+        sig = u.sig(cin, cout, self.rt.batch)
+        if sig not in self.times:  # a width off the prune_round grid (e.g. an odd original width): time it now
+            self.times[sig] = time_conv(sig, self.rt)
+        return self.times[sig]
+
+    def unit_ms(self, u: ConvUnit, cin: int, cout: int) -> float:
+        """Latency of ``u`` with ``cin`` inputs and ``cout`` outputs kept (separable in the two)."""
+        if u.depthwise:
+            return self._t(u, cin, cin)
+        if cin == u.cin or cout == u.cout:
+            return self._t(u, cin, cout)
+        full = self._t(u, u.cin, u.cout)
+        return self._t(u, u.cin, cout) * self._t(u, cin, u.cout) / max(full, 1e-9)
+
+
+# --- the whole model -------------------------------------------------------------------------------------------------
+def model_runner(model: nn.Module, rt: Runtime, workdir: str | Path) -> Callable[[], Any]:
+    """A callable running the whole (folded) model as deployed: Ultralytics' exporter for ONNX Runtime / OpenVINO,
+    the fused module for torch."""
+    import copy
+
+    from ultralytics import YOLO
+
+    from .blocks import fold_model
+    from .checkpoint import save_checkpoint
+
+    net = copy.deepcopy(model).float().eval()
+    fold_model(net)
+    shape = (rt.batch, 3, rt.imgsz, rt.imgsz)
+    if rt.name == "torch":
+        return torch_runner(net.fuse() if hasattr(net, "fuse") else net, shape, rt)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    from ultralytics.nn.tasks import guess_model_task
+
+    task = getattr(net, "task", None) or guess_model_task(net)
+    pt = save_checkpoint(net, workdir / f"m{len(list(workdir.iterdir()))}.pt", {"task": task, "imgsz": rt.imgsz})
+    fmt = "onnx" if rt.name == "onnxruntime" else "openvino"
+    file = YOLO(str(pt)).export(format=fmt, imgsz=rt.imgsz, batch=rt.batch, verbose=False)
+    return onnx_runner(str(file) if fmt == "onnx" else str(next(Path(file).glob("*.xml"))), rt)
+
+
+def measure_models(models: dict[str, nn.Module], rt: Runtime, runs: int = 50) -> dict[str, float]:
+    """Median milliseconds of each whole model on ``rt``, timed in alternation (so load changes hit all alike)."""
+    import tempfile
+
+    from ultralytics.utils import LOGGER
+
+    from .benchmark import time_interleaved
+
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")  # an export logs a page per model
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fns = {k: model_runner(m, rt, tmp) for k, m in models.items()}
+            return {k: v["median_ms"] for k, v in time_interleaved(fns, runs).items()}
+    finally:
+        LOGGER.setLevel(level)
+
+
+def build_table(model: nn.Module, rt: Runtime, round_to: int) -> LatencyTable:
+    """The latency table of ``model`` (prepared) on ``rt``, from the cache or timed now."""
+    table = LatencyTable(conv_units(model, rt.imgsz), rt, round_to)
+    return table.build(lambda: measure_models({"model": model}, rt)["model"])
+
+
+def latency_line(info: dict) -> str:
+    """One log line: predicted and measured latency before and after, and the measured speed-up."""
+    pb, pp = info["predicted_ms"]
+    line = f"yolo-prune: {info['runtime']} latency at imgsz {info['imgsz']}"
+    if info.get("threads"):
+        line += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+    if "measured_ms" in info:
+        mb, mp = info["measured_ms"]
+        line += f": measured {mb:.2f} -> {mp:.2f} ms ({info['measured_speedup']:.2f}x)"
+    return line + f", predicted {pb:.2f} -> {pp:.2f} ms ({pb / pp:.2f}x)"
