@@ -70,7 +70,7 @@ def test_prune_ratio_key(tmp_path):
     summary = json.loads((tmp_path / "r" / "prune_summary.json").read_text())
     changed = [a for b, a in summary["layers"].values() if a != b]
     assert changed and all(a % 16 == 0 for a in changed)
-    assert summary["target"] == {"prune": None, "prune_ratio": 0.25}
+    assert summary["target"] == {"prune": None, "prune_ratio": 0.25, "prune_latency": None}
 
 
 def _corrupt(tmp_path):
