@@ -106,6 +106,11 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
         raise PruneError(
             "prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>"
         )
+    if cfg["prune_latency"] is not None and cfg["prune_method"] == "sensitivity":
+        raise PruneError(
+            "prune_method=sensitivity allocates by a GFLOPs table, prune_latency by measured latency; accepted: "
+            "one of them"
+        )
     if cfg["prune_latency"] is not None and cfg["prune_mode"] != "structured":
         raise PruneError(
             f"prune_latency needs prune_mode=structured (zeros do not run faster); got {cfg['prune_mode']}"
@@ -135,6 +140,7 @@ class PruneCallbacks:
         self.keeper: MaskKeeper | None = None  # unstructured / 2:4: keeps zeroed weights at zero
         self.kept_only = False  # a sparse checkpoint fine-tuned without a schedule of its own
         self.table = None  # prune_latency: the run's latency table (kept in memory; cached on disk)
+        self.table_done = 0  # steps done when the table was built (a resumed run times the pruned model)
         self._told_no_columns = False
 
     # --- events ---------------------------------------------------------------------------------------------------
@@ -173,8 +179,10 @@ class PruneCallbacks:
             )
             state = make_state(self.cfg, schedule.epochs, info)
             if self.cfg["prune_latency"] is not None:
-                state["latency"] = self._start_latency(trainer, model, state)
-                lat = state["latency"]
+                lat = self._start_latency(trainer, model, state)
+                if isinstance(lat, str):  # rank 0 refused the target: stop every rank with its line
+                    raise PruneError(lat)
+                state["latency"] = lat
                 what = f"{lat['fraction']:.0%} of {lat['base_ms']:.2f} ms on {lat['runtime']} (imgsz {lat['imgsz']})"
             elif state["mode"] == "structured":
                 what = f"{state['prune']:.0%} of {info['gflops']:.2f} GFLOPs"
@@ -202,17 +210,31 @@ class PruneCallbacks:
 
     def _runtime(self, trainer, lat: dict) -> Runtime:
         """The runtime a latency schedule is measured on (torch: the trainer's device)."""
-        device = check_runtime(lat["runtime"], str(trainer.args.device or "0") if lat["runtime"] == "torch" else None)
+        dev = trainer.device  # the torch.device this rank trains on (DDP: its own GPU)
+        device = check_runtime(lat["runtime"], str(dev) if lat["runtime"] == "torch" else None)
         return Runtime(lat["runtime"], device, lat["threads"], 1, lat["imgsz"])
 
     def _latency_table(self, trainer, model, lat: dict, round_to: int):
         """The latency table of the model as this run found it (built once per run, from the disk cache if there)."""
         if self.table is None:
             self.table = build_table(prepare_model(copy.deepcopy(model)), self._runtime(trainer, lat), round_to)
+            # a resumed run times the model as it is now: step targets are scaled to it (see _structured_step)
+            self.table_done = self.state["done"] if self.state else 0
         return self.table
 
-    def _start_latency(self, trainer, model, state: dict) -> dict:
-        """Build the table, measure the model, and refuse up front a target its convs cannot reach."""
+    def _start_latency(self, trainer, model, state: dict) -> dict | None:
+        """Build the table, measure the model, and refuse up front a target its convs cannot reach (rank 0; the
+        other ranks get rank 0's answer, so all of them go on or stop together)."""
+        if RANK not in {-1, 0}:
+            return broadcast_plan(None)
+        try:
+            lat = self._latency_start_rank0(trainer, model, state)
+        except PruneError as e:
+            broadcast_plan(str(e))
+            raise
+        return broadcast_plan(lat)
+
+    def _latency_start_rank0(self, trainer, model, state: dict) -> dict:
         lat = {
             "fraction": self.cfg["prune_latency"],
             "runtime": self.cfg["prune_runtime"],
@@ -223,9 +245,9 @@ class PruneCallbacks:
         lat.update(base_ms=round(table.full_ms, 3), table=str(table.path))
         net = prepare_model(copy.deepcopy(model))  # is the target reachable? (the trace costs about a second)
         options = {k: v for k, v in (state["options"] or {}).items() if k != "sensitivity"}
-        plan_for_latency(
-            net, lat["fraction"], self._runtime(trainer, lat), state["method"], state["round"], table=table,
-            measure=False, **options,
+        plan_for_latency(  # ranked by l2: gradient criteria have no gradients yet, and reach barely depends on ranking
+            net, lat["fraction"], self._runtime(trainer, lat), "l2", state["round"], table=table, measure=False,
+            **options,
         )  # fmt: skip
         return lat
 
@@ -405,9 +427,9 @@ class PruneCallbacks:
         }
         prepare_model(model)
         plan, report = None, None
-        if lat:  # before any gradients: the table's forward must not add to them
-            self._latency_table(trainer, model, lat, st["round"])
         if RANK in {-1, 0}:
+            if lat:  # before any gradients: the table's forward must not add to them
+                self._latency_table(trainer, model, lat, st["round"])
             if st["method"] in GRADIENT_METHODS:  # rank by gradients of real training batches at today's weights
                 used = accumulate_gradients(
                     model, trainer_batches(trainer, GRAD_BATCHES), trainer_loss(trainer), GRADIENT_METHODS[st["method"]]
@@ -416,10 +438,13 @@ class PruneCallbacks:
             try:
                 if lat:  # step k leaves 1 - F*k/n of the latency the run started with, as the table predicts it
                     options.pop("sensitivity", None)
-                    keep_ms = (1 - lat["fraction"] * k / n) * self.table.full_ms
+                    # of the latency at the start; a resumed run's table timed the model after table_done steps
+                    f, d = lat["fraction"], self.table_done
+                    keep_ms = (1 - f * k / n) / (1 - f * d / n) * self.table.full_ms
+                    base_run = self.table.full_ms / (1 - f * d / n)
                     plan, report = plan_for_latency(
                         model, lat["fraction"], self._runtime(trainer, lat), st["method"], st["round"],
-                        table=self.table, keep_ms=keep_ms, measure=k == n, **options,
+                        table=self.table, keep_ms=keep_ms, base_ms=base_run, measure=k == n, **options,
                     )  # fmt: skip
                 else:
                     plan = plan_for_target(

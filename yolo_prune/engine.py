@@ -377,6 +377,7 @@ def plan_for_latency(
     ignored_layers=(),
     table: LatencyTable | None = None,
     keep_ms: float | None = None,
+    base_ms: float | None = None,
     measure: bool = True,
     **options,
 ) -> tuple[PrunePlan, dict]:
@@ -400,7 +401,7 @@ def plan_for_latency(
 
     removed, pred = solve(target)
     if pred > target + 0.01 * cost.base:
-        reach = 1 - pred / (cost.base if keep_ms is None else target / (1 - fraction))
+        reach = 1 - pred / (base_ms or cost.base)  # of the run's starting latency (training) or the model's
         raise PruneError(
             f"prune_latency={fraction:g} cannot be reached on {rt.name} at imgsz {rt.imgsz}: the model's convs can "
             f"give at most {max(reach, 0):.2f} of its latency (prune_round={round_to}, prune_max_ratio={max_ratio}); "

@@ -200,19 +200,28 @@ def conv_units(model: nn.Module, imgsz: int) -> list[ConvUnit]:
     """The convs of a prepared (split) model as the runtime runs them, with their input sizes at ``imgsz``."""
     from .blocks import C2fSplit, C2PSASplit
 
-    hw: dict[nn.Module, tuple[int, int]] = {}
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, tuple(i[0].shape[-2:]))) for m in convs]
-    p = next(model.parameters())
-    was = model.training
-    model.eval()
+    import copy
+
+    # which convs run as deployed, at which input size: an eval forward of a copy whose YOLO26 head keeps only the
+    # branch the default export keeps (Detect.fuse drops the other; an eval forward would run both)
+    ran: dict[str, tuple[int, int]] = {}
+    probe = copy.deepcopy(model).eval()
+    for m in probe.modules():
+        if getattr(m, "one2one_cv2", None) is not None and hasattr(m, "fuse"):
+            m.end2end = False  # Ultralytics' exporter: end2end only with nms=False
+            m.fuse()
+    names = {m: n for n, m in probe.named_modules() if isinstance(m, nn.Conv2d)}
+    hooks = [m.register_forward_hook(lambda m, i, o: ran.__setitem__(names[m], tuple(i[0].shape[-2:]))) for m in names]
+    p = next(probe.parameters())
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype))
+            probe(torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype))
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    own = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    hw = {m: ran[own[m]] for m in convs if own[m] in ran}
     act = {id(m.conv): not isinstance(getattr(m, "act", nn.Identity()), nn.Identity) for m in model.modules()
            if isinstance(getattr(m, "conv", None), nn.Conv2d)}  # fmt: skip
     pairs = {}
@@ -250,8 +259,31 @@ def widths(full: int, step: int) -> list[int]:
 
 def model_signature(units: list[ConvUnit]) -> str:
     """A short hash of the conv shapes: a different model (or a pruned one) gets its own table."""
-    shapes = [(u.cin, u.cout, u.k, u.s, u.g, u.h, u.w, u.act) for u in units]
+    shapes = [(u.cin, u.cout, u.k, u.s, u.p, u.g, u.d, u.h, u.w, u.act) for u in units]
     return hashlib.sha1(json.dumps(shapes).encode()).hexdigest()[:16]
+
+
+def machine_signature(rt: Runtime) -> str:
+    """A short hash of what timings depend on besides the model: this machine, its CPU/GPU and the runtime's version."""
+    import platform
+
+    cpu = platform.processor()
+    try:
+        cpu = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [platform.node(), cpu, torch.__version__, TABLE_VERSION]
+    if rt.name == "onnxruntime":
+        import onnxruntime
+
+        parts.append(onnxruntime.__version__)
+    elif rt.name == "openvino":
+        import openvino
+
+        parts.append(openvino.__version__)
+    elif rt.device != "cpu":
+        parts.append(torch.cuda.get_device_name(torch.device(rt.device if ":" in rt.device else f"cuda:{rt.device}")))
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:8]
 
 
 class LatencyTable:
@@ -267,6 +299,7 @@ class LatencyTable:
     @property
     def path(self) -> Path:
         key = {**self.rt.key, "imgsz": self.rt.imgsz, "step": self.step, "model": model_signature(self.units)}
+        key["machine"] = machine_signature(self.rt)
         name = "-".join(str(v) for v in key.values()).replace("/", "_").replace(":", "_")
         return latency_cache_dir() / f"{name}.json"
 
@@ -292,24 +325,27 @@ class LatencyTable:
             saved = json.loads(self.path.read_text())
             if saved.get("version") == TABLE_VERSION:
                 self.times = {tuple(json.loads(k)): v for k, v in saved["times"].items()}
-                self.fixed_ms, self.full_ms = saved["fixed_ms"], saved["full_ms"]
         todo = [s for s in self.needed() if s not in self.times]
-        if todo or not self.full_ms:
-            t0 = time.perf_counter()
-            for sig in TQDM(todo, desc=f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"):
-                self.times[sig] = time_conv(sig, self.rt)
-            self.timed = len(todo)
-            self.full_ms = full_model_ms()
-            self.fixed_ms = self.full_ms - sum(self.unit_ms(u, u.cin, u.cout) for u in self.units)
+        t0 = time.perf_counter()
+        for sig in TQDM(
+            todo, desc=f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)", disable=not todo
+        ):
+            self.times[sig] = time_conv(sig, self.rt)
+        self.timed = len(todo)
+        # the whole model is measured on every run (one export): the fixed cost follows today's machine load
+        self.full_ms = full_model_ms()
+        convs = sum(self.unit_ms(u, u.cin, u.cout) for u in self.units)
+        self.fixed_ms = max(self.full_ms - convs, 0.0)  # isolated convs can sum to more than the model (overheads)
+        if todo:
             data = {"version": TABLE_VERSION, **self.rt.key, "imgsz": self.rt.imgsz, "step": self.step}
             times = {json.dumps(list(k)): v for k, v in self.times.items()}
             data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms)
             atomic_write_bytes(self.path, json.dumps(data).encode())
-            LOGGER.info(
-                f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed) in "
-                f"{time.perf_counter() - t0:.1f}s: model {self.full_ms:.2f} ms, fixed {self.fixed_ms:.2f} ms -> "
-                f"{self.path}"
-            )
+        LOGGER.info(
+            f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
+            f"{len(self.needed()) - self.timed} from {self.path}) in {time.perf_counter() - t0:.1f}s: model "
+            f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms"
+        )
         return self
 
     def _t(self, u: ConvUnit, cin: int, cout: int) -> float:

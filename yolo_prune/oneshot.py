@@ -67,15 +67,21 @@ def prune_file(
             "prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1>, prune_ratio=<0-1> or "
             "prune_latency=<fraction of the latency to remove, 0-1>"
         )
+
+    if cfg["prune_method"] in GRADIENT_METHODS and mode == "structured" and not data:
+        raise PruneError(f"prune_method={cfg['prune_method']} ranks by gradients; accepted: add data=<dataset>")
+    imgsz = check_imgsz(imgsz)
     runtime = None
     if cfg["prune_latency"] is not None:
         if mode != "structured":
             raise PruneError(f"prune_latency needs prune_mode=structured (zeros do not run faster); got {mode}")
-        dev = check_runtime(cfg["prune_runtime"], device)
-        runtime = Runtime(cfg["prune_runtime"], dev, cfg["prune_threads"], 1, imgsz)
-    if cfg["prune_method"] in GRADIENT_METHODS and mode == "structured" and not data:
-        raise PruneError(f"prune_method={cfg['prune_method']} ranks by gradients; accepted: add data=<dataset>")
-    imgsz = check_imgsz(imgsz)
+        if cfg["prune_method"] == "sensitivity":
+            raise PruneError(
+                "prune_method=sensitivity allocates by GFLOPs; accepted with prune_latency: l2, taylor, ..."
+            )
+        runtime = Runtime(
+            cfg["prune_runtime"], check_runtime(cfg["prune_runtime"], device), cfg["prune_threads"], 1, imgsz
+        )
     yolo = load_model(model)
     net = yolo.model
     check_supported(net)
