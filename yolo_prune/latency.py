@@ -160,6 +160,24 @@ def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Call
     return run
 
 
+def call_overhead_ms(rt: Runtime) -> float:
+    """Milliseconds one runtime call costs with next to no work (an Identity on 16 values): timed alone, every conv
+    carries it once, while the whole model pays it once in total, so it is taken off each conv's time."""
+    if rt.name == "torch":
+        return _median_ms(torch_runner(nn.Identity(), (1, 16), rt), runs=50)
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return _median_ms(onnx_runner(model, rt), runs=50)
+
+
 def time_conv(sig: tuple, rt: Runtime) -> float:
     """Milliseconds of one conv of signature ``sig`` on ``rt``."""
     if rt.name == "torch":
@@ -295,6 +313,7 @@ class LatencyTable:
         self.fixed_ms = 0.0
         self.full_ms = 0.0
         self.timed = 0  # timings made by this object (0 when everything came from the cache)
+        self.overhead_ms = 0.0  # per-call cost of the runtime, taken off every isolated conv time
 
     @property
     def path(self) -> Path:
@@ -332,6 +351,7 @@ class LatencyTable:
         ):
             self.times[sig] = time_conv(sig, self.rt)
         self.timed = len(todo)
+        self.overhead_ms = call_overhead_ms(self.rt)
         # the whole model is measured on every run (one export): the fixed cost follows today's machine load
         self.full_ms = full_model_ms()
         convs = sum(self.unit_ms(u, u.cin, u.cout) for u in self.units)
@@ -344,7 +364,8 @@ class LatencyTable:
         LOGGER.info(
             f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
             f"{len(self.needed()) - self.timed} from {self.path}) in {time.perf_counter() - t0:.1f}s: model "
-            f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms"
+            f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
+            f"{self.overhead_ms * 1000:.0f} us taken off each conv)"
         )
         return self
 
@@ -352,7 +373,7 @@ class LatencyTable:
         sig = u.sig(cin, cout, self.rt.batch)
         if sig not in self.times:  # a width off the prune_round grid (e.g. an odd original width): time it now
             self.times[sig] = time_conv(sig, self.rt)
-        return self.times[sig]
+        return max(self.times[sig] - self.overhead_ms, 1e-6)
 
     def unit_ms(self, u: ConvUnit, cin: int, cout: int) -> float:
         """Latency of ``u`` with ``cin`` inputs and ``cout`` outputs kept (separable in the two)."""
