@@ -14,7 +14,8 @@ from yolo_prune.allocate import removed_for_latency
 from yolo_prune.costs import LatencyCost
 from yolo_prune.latency import LatencyTable, Runtime, build_table, check_runtime, widths
 
-RT = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=96)
+# 192 px: convs dominate the model's time (at 96 px the per-call and fixed costs do, and a loaded machine moves them)
+RT = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=192)
 
 
 @pytest.fixture()
@@ -40,10 +41,10 @@ def test_table_is_built_cached_and_reused(cache):
     assert table.timed == len(table.needed()) > 100 and table.full_ms > 0
     assert table.path.parent == cache and table.path.is_file()
     saved = json.loads(table.path.read_text())
-    assert saved["runtime"] == "onnxruntime" and saved["threads"] == 1 and saved["imgsz"] == 96
+    assert saved["runtime"] == "onnxruntime" and saved["threads"] == 1 and saved["imgsz"] == 192
     again = build_table(model(), RT, 16)  # a second run on the same machine: nothing is timed again
     assert again.timed == 0 and again.times == table.times  # (the whole model is measured again: today's load)
-    for rt in (Runtime("onnxruntime", "cpu", 2, 1, 96), Runtime("openvino", "cpu", 1, 1, 96)):
+    for rt in (Runtime("onnxruntime", "cpu", 2, 1, 192), Runtime("openvino", "cpu", 1, 1, 192)):
         assert LatencyTable(table.units, rt, 16).path != table.path  # other threads or runtime: another table
 
 
@@ -60,17 +61,17 @@ def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
 
 def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
     r = run_cli(
-        "prune", "model=yolo11n.yaml", "prune_latency=0.4", "imgsz=96", "prune_threads=1", f"project={tmp_path}",
+        "prune", "model=yolo11n.yaml", "prune_latency=0.3", "imgsz=192", "prune_threads=1", f"project={tmp_path}",
         "name=l",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "l" / "prune_summary.json").read_text())
     lat = s["latency"]
-    assert lat["runtime"] == "onnxruntime" and lat["threads"] == 1 and lat["imgsz"] == 96
+    assert lat["runtime"] == "onnxruntime" and lat["threads"] == 1 and lat["imgsz"] == 192
     pb, pp = lat["predicted_ms"]
     mb, mp = lat["measured_ms"]
-    # aimed at 1 - 0.4 of the latency, then re-aimed by what the export measured (noisy at 96 px: a behaviour check)
-    assert 0.45 <= pp / pb <= 0.75 and mp < mb
+    # aimed at 1 - 0.3 of the latency, then re-aimed by what the export measured (a behaviour check, not a timing)
+    assert 0.5 <= pp / pb <= 0.85 and mp < mb
     assert "measured" in r.stdout + r.stderr and s["gflops_after"] < s["gflops_before"]
     assert list(cache.glob("*.json"))  # the table was cached
 
@@ -121,17 +122,17 @@ def test_prune_latency_in_training_steps_to_its_target(tmp_path, cache):
     from yolo_prune import add_pruning
 
     model = add_pruning(  # taylor: ranked by gradients at each step, while the up-front check has none yet
-        YOLO("yolo11n.yaml"), prune_latency=0.4, prune_steps=2, prune_start=1, prune_end=2, prune_threads=1,
+        YOLO("yolo11n.yaml"), prune_latency=0.3, prune_steps=2, prune_start=1, prune_end=2, prune_threads=1,
         prune_method="taylor",
     )  # fmt: skip
-    model.train(data="shapes-8", imgsz=96, batch=4, workers=0, plots=False, val=False, epochs=3, project=str(tmp_path))
+    model.train(data="shapes-8", imgsz=192, batch=4, workers=0, plots=False, val=False, epochs=3, project=str(tmp_path))
     state = YOLO(str(tmp_path / "train" / "weights" / "last.pt")).model.prune_state
     lat = state["latency"]
-    assert lat["fraction"] == 0.4 and lat["runtime"] == "onnxruntime" and lat["imgsz"] == 96 and lat["base_ms"] > 0
+    assert lat["fraction"] == 0.3 and lat["runtime"] == "onnxruntime" and lat["imgsz"] == 192 and lat["base_ms"] > 0
     first, last = (h["latency"] for h in state["history"])
     assert "measured_ms" not in first and "measured_ms" in last  # measured once, at the last step
     assert list(cache.glob("*.json"))
-    # step k aims at 1 - 0.4 k / 2 of the start's latency; the last one is re-aimed by its measurement
-    assert first["predicted_ms"][1] == pytest.approx(0.8 * lat["base_ms"], rel=0.06)
+    # step k aims at 1 - 0.3 k / 2 of the start's latency; the last one is re-aimed by its measurement
+    assert first["predicted_ms"][1] == pytest.approx(0.85 * lat["base_ms"], rel=0.06)
     assert last["measured_ms"][1] < last["measured_ms"][0]
     assert state["history"][-1]["gflops"] < state["base"]["gflops"]

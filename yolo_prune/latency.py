@@ -412,19 +412,29 @@ def model_runner(model: nn.Module, rt: Runtime, workdir: str | Path) -> Callable
     return onnx_runner(str(file) if fmt == "onnx" else str(next(Path(file).glob("*.xml"))), rt)
 
 
-def measure_models(models: dict[str, nn.Module], rt: Runtime, runs: int = 50) -> dict[str, float]:
-    """Median milliseconds of each whole model on ``rt``, timed in alternation (so load changes hit all alike)."""
+def measure_models(
+    models: dict[str, nn.Module], rt: Runtime, runs: int = 50, runners: dict[str, Callable] | None = None
+) -> dict[str, float]:
+    """Median milliseconds of each whole model on ``rt``, timed in alternation (so load changes hit all alike).
+
+    ``runners`` holds callables already built (by :func:`model_runner`), e.g. the unpruned model's across re-aims;
+    the ones built here are added to it.
+    """
     import tempfile
 
     from ultralytics.utils import LOGGER
 
     from .benchmark import time_interleaved
 
+    runners = {} if runners is None else runners
     level = LOGGER.level
     LOGGER.setLevel("WARNING")  # an export logs a page per model
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            fns = {k: model_runner(m, rt, tmp) for k, m in models.items()}
+            for k, m in models.items():
+                if k not in runners:
+                    runners[k] = model_runner(m, rt, tmp)
+            fns = {k: runners[k] for k in models}
             return {k: v["median_ms"] for k, v in time_interleaved(fns, runs).items()}
     finally:
         LOGGER.setLevel(level)
