@@ -64,7 +64,7 @@ def run_suite(ultralytics: str, torch_pruning: str, pytest_args: list[str], work
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", *pins], check=True)
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
     got = subprocess.run(
-        [py, "-c", "import ultralytics, torch_pruning; print(ultralytics.__version__, torch_pruning.__version__)"],
+        [py, "-c", "from importlib.metadata import version as v; print(v('ultralytics'), v('torch-pruning'))"],
         capture_output=True,
         text=True,
         check=True,

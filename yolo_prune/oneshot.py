@@ -6,10 +6,10 @@ import json
 import resource
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import torch_pruning as tp
 import ultralytics
 from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
@@ -146,7 +146,7 @@ def prune_file(
         "versions": {
             "yolo_prune": __version__,
             "ultralytics": ultralytics.__version__,
-            "torch_pruning": tp.__version__,
+            "torch_pruning": version("torch-pruning"),  # torch-pruning 1.6.0 has no __version__
         },
     }
     save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
