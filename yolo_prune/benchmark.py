@@ -30,27 +30,13 @@ FORMATS = ("onnx", "openvino")
 
 
 def _runner(file: str, fmt: str, threads: int):
-    """A callable running one batch-1 inference of an exported model with its own runtime."""
-    if fmt == "onnx":
-        import onnxruntime as ort
+    """A callable running one batch-1 inference of an exported model (ONNX file or OpenVINO folder) on its runtime."""
+    from .latency import Runtime, onnx_runner
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        s = ort.InferenceSession(file, so, providers=["CPUExecutionProvider"])
-        inp = s.get_inputs()[0]
-        x = np.random.rand(*[d if isinstance(d, int) else 1 for d in inp.shape]).astype(np.float32)
-        return lambda: s.run(None, {inp.name: x})
-    if fmt == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
-        compiled = core.compile_model(str(next(Path(file).glob("*.xml"))), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-        shape = [d.get_length() if d.is_static else 1 for d in compiled.input(0).get_partial_shape()]
-        x = np.random.rand(*shape).astype(np.float32)
-        request = compiled.create_infer_request()
-        return lambda: request.infer({0: x})
-    raise ValueError(fmt)
+    if fmt not in FORMATS:
+        raise ValueError(fmt)
+    model = file if fmt == "onnx" else str(next(Path(file).glob("*.xml")))
+    return onnx_runner(model, Runtime("onnxruntime" if fmt == "onnx" else "openvino", threads=threads))
 
 
 def time_runs(fn, runs: int, warmup: int = 10) -> dict[str, float]:
