@@ -27,6 +27,7 @@ from .sparsity import BNSparsity, penalised_norms
 from .trainer import (
     PruneTrainerMixin,
     apply_step,
+    broadcast_from_rank0,
     broadcast_plan,
     check_internals,
     renew_ema,
@@ -226,13 +227,13 @@ class PruneCallbacks:
         """Build the table, measure the model, and refuse up front a target its convs cannot reach (rank 0; the
         other ranks get rank 0's answer, so all of them go on or stop together)."""
         if RANK not in {-1, 0}:
-            return broadcast_plan(None)
+            return broadcast_from_rank0(None)
         try:
             lat = self._latency_start_rank0(trainer, model, state)
         except PruneError as e:
-            broadcast_plan(str(e))
+            broadcast_from_rank0(str(e))
             raise
-        return broadcast_plan(lat)
+        return broadcast_from_rank0(lat)
 
     def _latency_start_rank0(self, trainer, model, state: dict) -> dict:
         lat = {

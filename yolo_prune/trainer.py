@@ -302,13 +302,17 @@ def save_after_step(trainer) -> bool:
     return True
 
 
-def broadcast_plan(plan: PrunePlan | None) -> PrunePlan:
-    """Rank 0's plan on every rank (a no-op outside torch.distributed), so all ranks remove the same channels."""
+def broadcast_from_rank0(obj):
+    """Rank 0's object on every rank (a no-op outside torch.distributed): a plan, so all ranks remove the same
+    channels, or a decision only rank 0 can make (the latency table's)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [plan if dist.get_rank() == 0 else None]
+        box = [obj if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(box, src=0)
-        plan = box[0]
-    return plan
+        obj = box[0]
+    return obj
+
+
+broadcast_plan = broadcast_from_rank0  # the name the step and its tests use for plans
 
 
 def trainer_batches(trainer, n: int):
