@@ -241,9 +241,3 @@ def test_prune_model_python_api_with_batches(tiny_data):
     plan = prune_model(m, prune=0.3, method="hessian", batches=calibration_batches(tiny_data, 64, 4, 2, m), imgsz=64)
     assert plan.n_channels > 0 and all(p.grad is None for p in m.parameters())  # gradients are not left behind
 
-
-def test_prune_steps_with_distillation_are_refused_up_front(tmp_path):
-    r = run_cli("train", "model=yolo11n.yaml", *TRAIN, "epochs=2", "prune=0.5", "distill_model=teacher.pt",
-                f"project={tmp_path}", "name=d", cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 2 and "distill_model=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "d").exists()

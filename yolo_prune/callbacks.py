@@ -13,10 +13,20 @@ import time
 from typing import Any, Callable
 
 from ultralytics.utils import LOGGER, RANK
-from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import needs_yolo_prune
 from .cfg import PruneError, check_prune_args
+from .distill import (
+    check_projectors,
+    hooks_off,
+    is_distilling,
+    refresh_teacher,
+    set_weight,
+    start_self_distillation,
+    student_of,
+)
+from ultralytics.utils.torch_utils import unwrap_model
+
 from .engine import model_info, options_from_cfg, plan_for_latency, plan_for_target
 from .graph import check_supported, ignored_modules, prepare_model
 from .importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
@@ -30,7 +40,9 @@ from .trainer import (
     broadcast_from_rank0,
     broadcast_plan,
     check_internals,
+    rebuild_optimizer,
     renew_ema,
+    rewrap_ddp,
     save_after_step,
     trainer_batches,
     trainer_loss,
@@ -38,13 +50,14 @@ from .trainer import (
 from .unstructured import MaskKeeper, apply_masks, masks_from_zeros, sparsify, sparsity
 
 SCHEDULE_DEFAULTS: dict[str, Any] = {"prune_steps": None, "prune_start": None, "prune_end": None}
+TRAIN_DEFAULTS: dict[str, Any] = {**SCHEDULE_DEFAULTS, "prune_distill": False}  # training-only keys
 STATE_VERSION = 1  # of ``prune_state``; version 0 (no "version" key) is read with the defaults it predates
 FLOPS_IMGSZ = 640  # GFLOPs are reported at 640 like Ultralytics' model info; the pruned fraction barely depends on it
-DISTILL_MESSAGE = (
-    "prune steps during distillation are not supported (Ultralytics sizes the distillation projectors to the student's "
-    "widths when training starts); accepted: prune first ('yolo-prune prune'), then train the pruned .pt with "
-    "distill_model="
+DISTILL_BOTH = (
+    "prune_distill=True and distill_model= both name a teacher; accepted: prune_distill=True (the model before its "
+    "first prune step) or distill_model=<teacher.pt>"
 )
+MAP_KEYS = ("metrics/mAP50-95(B)", "metrics/accuracy_top1")  # what the summary reports, per task (classify: top1)
 
 
 def _zeroes_weights(state: dict) -> bool:
@@ -101,8 +114,16 @@ def read_state(state: dict | None) -> dict | None:
 
 def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
     """Validate yolo-prune training keys (pruning keys + schedule keys); returns them with defaults filled in."""
-    schedule = {k: args[k] for k in SCHEDULE_DEFAULTS if k in args}
-    cfg = check_prune_args({k: v for k, v in args.items() if k not in SCHEDULE_DEFAULTS})
+    schedule = {k: args[k] for k in TRAIN_DEFAULTS if k in args}
+    cfg = check_prune_args({k: v for k, v in args.items() if k not in TRAIN_DEFAULTS})
+    distill = schedule.get("prune_distill", False)
+    if not isinstance(distill, bool):
+        raise PruneError(f"prune_distill={distill!r} is invalid; accepted: True or False")
+    if distill and cfg["prune"] is None and cfg["prune_latency"] is None:
+        raise PruneError(
+            "prune_distill=True distills from the model as it was before its first prune step, so it needs prune= or "
+            "prune_latency=; accepted: add a target, or distill_model=<teacher.pt> to fine-tune with a teacher"
+        )
     if cfg["prune_ratio"] is not None:
         raise PruneError(
             "prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>"
@@ -124,7 +145,7 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
         if schedule.get("prune_steps") not in (None, 1):
             raise PruneError("prune_steps must be 1 with prune_mode=2:4; accepted: prune_steps=1 or leave it out")
         cfg["prune"], schedule["prune_steps"] = 0.5, 1
-    return {**cfg, **SCHEDULE_DEFAULTS, **schedule}
+    return {**cfg, **TRAIN_DEFAULTS, **schedule}
 
 
 class PruneCallbacks:
@@ -147,6 +168,8 @@ class PruneCallbacks:
     # --- events ---------------------------------------------------------------------------------------------------
     def on_pretrain_routine_start(self, trainer) -> None:
         """Refuse a new schedule that cannot run, before data, model and loggers are set up."""
+        if self.cfg["prune_distill"] and trainer.args.distill_model and not trainer.resume:
+            raise PruneError(DISTILL_BOTH)
         if self.cfg["prune"] is not None and not trainer.resume:
             schedule = make_schedule(
                 self.cfg["prune"],
@@ -159,7 +182,7 @@ class PruneCallbacks:
 
     def on_pretrain_routine_end(self, trainer) -> None:
         """Start a schedule, pick up the one carried by a resumed checkpoint, or keep a sparse checkpoint's zeros."""
-        model = unwrap_model(trainer.model)
+        model = student_of(trainer.model)
         raw = getattr(model, "prune_state", None)
         self.kept_only = False
         if trainer.resume and raw:  # a resumed run keeps its checkpoint's schedule, finished or not
@@ -170,8 +193,13 @@ class PruneCallbacks:
                 )
             LOGGER.info(f"yolo-prune: resuming with {state['done']}/{len(state['schedule'])} steps done")
         elif self.cfg["prune"] is not None or self.cfg["prune_latency"] is not None:
-            if type(model).__name__ == "DistillationModel":
-                raise PruneError(DISTILL_MESSAGE)
+            if self.cfg["prune_distill"] and trainer.args.distill_model:
+                raise PruneError(DISTILL_BOTH)  # the Python path: on_pretrain_routine_start runs only without DDP
+            if self.cfg["prune_distill"] and not hasattr(model.model[-1], "cv2"):
+                raise PruneError(
+                    f"prune_distill=True needs a detection head (detect, segment, pose, obb; Ultralytics distills "
+                    f"their neck features); got task {trainer.args.task}"
+                )
             check_supported(model)
             info = model_info(model, FLOPS_IMGSZ)
             target = self.cfg["prune"] if self.cfg["prune"] is not None else self.cfg["prune_latency"]
@@ -179,6 +207,9 @@ class PruneCallbacks:
                 target, trainer.epochs, self.cfg["prune_steps"], self.cfg["prune_start"], self.cfg["prune_end"]
             )
             state = make_state(self.cfg, schedule.epochs, info)
+            state["distill"] = (
+                "self" if self.cfg["prune_distill"] else "model" if is_distilling(trainer.model) else None
+            )
             if self.cfg["prune_latency"] is not None:
                 lat = self._start_latency(trainer, model, state)
                 if isinstance(lat, str):  # rank 0 refused the target: stop every rank with its line
@@ -204,10 +235,32 @@ class PruneCallbacks:
             check_internals(trainer)  # a changed Ultralytics internal stops here, not at the first step
             self._check_schedule(trainer, state)
         self.state = state
+        if state.get("distill") == "self":
+            self._start_distillation(trainer, state)
         self._attach_state(trainer)
         self._info = model_info(model, FLOPS_IMGSZ)
         if _zeroes_weights(state) and sparsity(model, state["mode"]) > 0:  # resumed or fine-tuned: zeros are masks
             self.keeper = MaskKeeper(model, masks_from_zeros(model, state["mode"]))
+
+    @staticmethod
+    def _start_distillation(trainer, state: dict) -> None:
+        """prune_distill: wrap the model for distillation at the start; on resume, distillation is off until step 1."""
+        if not is_distilling(trainer.model):
+            if trainer.resume:  # Ultralytics rebuilds the wrapper from distill_model (weights/teacher.pt)
+                raise PruneError(
+                    "model: this prune_distill run's checkpoint names no teacher (distill_model); accepted: resume a "
+                    "last.pt written by yolo-prune with prune_distill=True"
+                )
+            start_self_distillation(trainer, rewrap_ddp)
+            rebuild_optimizer(trainer, epoch=trainer.start_epoch)  # the optimizer must hold the projectors
+        if state["done"] == 0:
+            set_weight(trainer, 0.0)
+        LOGGER.info(
+            f"yolo-prune: prune_distill: the teacher is the model as it is at the first prune step (epoch "
+            f"{state['schedule'][0] + 1}); dis={trainer.args.dis} from then on"
+            if state["done"] == 0
+            else f"yolo-prune: prune_distill: distilling from {trainer.args.distill_model} (dis={trainer.args.dis})"
+        )
 
     def _runtime(self, trainer, lat: dict) -> Runtime:
         """The runtime a latency schedule is measured on (torch: the trainer's device)."""
@@ -272,10 +325,9 @@ class PruneCallbacks:
         NaN recovery replaces the EMA with a deepcopy of the model (a copy of the state), and checkpoints pickle the
         EMA: re-attaching at each epoch start and step keeps every copy the current one.
         """
-        model = unwrap_model(trainer.model)
-        model.prune_state = self.state
+        student_of(trainer.model).prune_state = self.state
         if trainer.ema is not None:
-            trainer.ema.ema.prune_state = self.state
+            student_of(trainer.ema.ema).prune_state = self.state
 
     def on_train_epoch_start(self, trainer) -> None:
         """Run every step scheduled at or before this epoch that has not run yet."""
@@ -299,7 +351,7 @@ class PruneCallbacks:
                 self.sparsity = None
             return
         if self.sparsity is None or self.sparsity.optimizer is not trainer.optimizer:
-            model = unwrap_model(trainer.model)
+            model = student_of(trainer.model)
             exclude = ignored_modules(model, st["options"]["ignore"])
             if self.sparsity is not None:
                 self.sparsity.detach()
@@ -315,13 +367,13 @@ class PruneCallbacks:
         results.csv whose columns shift between epochs. ``trainer.lr`` is left to learning rates.
         """
         if self._info is None:
-            self._info = model_info(trainer.model, FLOPS_IMGSZ)
+            self._info = model_info(student_of(trainer.model), FLOPS_IMGSZ)
         m = {
             "model/params_M": round(self._info["params"] / 1e6, 6),  # results.csv writes %.6g
             "model/GFLOPs": round(self._info["gflops"], 4),
         }
         if self.state and _zeroes_weights(self.state):
-            m["model/sparsity"] = round(sparsity(trainer.model, self.state["mode"]), 4)
+            m["model/sparsity"] = round(sparsity(student_of(trainer.model), self.state["mode"]), 4)
         trainer.prune_metrics = m
         if not isinstance(trainer, PruneTrainerMixin):
             if not self._told_no_columns:
@@ -340,9 +392,9 @@ class PruneCallbacks:
             return
         n = len(st["schedule"])
         if st["done"] < n:
-            now = self._info or model_info(trainer.model, FLOPS_IMGSZ)
+            now = self._info or model_info(student_of(trainer.model), FLOPS_IMGSZ)
             if _zeroes_weights(st):
-                reached = f"sparsity {sparsity(trainer.model, st['mode']):.1%}"
+                reached = f"sparsity {sparsity(student_of(trainer.model), st['mode']):.1%}"
             else:
                 reached = f"{now['gflops']:.2f} GFLOPs, {1 - now['gflops'] / st['base']['gflops']:.1%} removed"
             if trainer.args.time and trainer.epoch + 1 >= trainer.epochs:
@@ -356,7 +408,7 @@ class PruneCallbacks:
                 f"at epoch {trainer.epoch + 1} ({why}); the model has {reached} of the "
                 f"{st['prune'] if st['prune'] is not None else st['latency']['fraction']:.0%} asked"
             )
-        needs = needs_yolo_prune(unwrap_model(trainer.model))
+        needs = needs_yolo_prune(student_of(trainer.model))
         if needs:
             LOGGER.warning(
                 f"yolo-prune: {trainer.best.name} and {trainer.last.name} need yolo-prune installed to load: blocks "
@@ -365,24 +417,77 @@ class PruneCallbacks:
         if not st["history"]:
             return
         col = "sparsity" if _zeroes_weights(st) else "reduction"
-        lines = [f"{'step':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{'seconds':>9}"]
-        lines.append(f"{'start':>6}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{'':>9}")
+        metric = "top1" if trainer.args.task == "classify" else "mAP50-95"
+        end = next((trainer.metrics[k] for k in MAP_KEYS if k in (getattr(trainer, "metrics", None) or {})), None)
+        before, now = st["base"].get("map50_95"), self._info or model_info(student_of(trainer.model), FLOPS_IMGSZ)
+
+        def score(v) -> str:
+            return f"{v:>10.4f}" if isinstance(v, (int, float)) else f"{'':>10}"
+
+        lines = [f"{'':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{metric:>10}{'seconds':>9}"]
+        lines.append(
+            f"{'before':>6}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{score(before)}{'':>9}"
+        )
         for h in st["history"]:
             red = h["sparsity"] if "sparsity" in h else 1 - h["gflops"] / st["base"]["gflops"]
             lines.append(
-                f"{h['step']:>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}{h['seconds']:>9.1f}"
+                f"{'step ' + str(h['step']):>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}"
+                f"{'':>10}{h['seconds']:>9.1f}"
             )
+        red = (
+            sparsity(student_of(trainer.model), st["mode"])
+            if _zeroes_weights(st)
+            else 1 - now["gflops"] / st["base"]["gflops"]
+        )
+        lines.append(
+            f"{'after':>6}{trainer.epoch + 1:>7}{now['params']:>12,}{now['gflops']:>9.2f}{red:>11.1%}{score(end)}{'':>9}"
+        )
+        lines.append(
+            f"{metric} before: the model just before step 1; after: {trainer.best.name}'s final validation"
+            if end is not None
+            else f"{metric} before: the model just before step 1"
+        )
         last = st["history"][-1].get("latency")
         if last and "measured_ms" in last:
             lines.append(latency_line(last).replace("yolo-prune: ", "") + self._overall(last))
         LOGGER.info("yolo-prune summary\n" + "\n".join(lines))
 
     # --- the step -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _map_before(trainer) -> float | None:
+        """mAP50-95 (classify: top-1 accuracy) of the model just before the first step, on rank 0.
+
+        The last epoch's validation when it validated this model; otherwise (a step at the first epoch of a run or
+        resume, ``val=False``) a validation of a copy of the EMA now, with a validator of its own: the trainer's needs
+        loss items that exist only after the first batch.
+        """
+        if RANK not in {-1, 0}:
+            return None
+        metrics = getattr(trainer, "metrics", None)
+        if not (trainer.args.val and trainer.epoch > trainer.start_epoch and isinstance(metrics, dict)):
+            args = copy.copy(trainer.args)
+            args.plots, args.save_json = False, False
+            validator = type(trainer.validator)(trainer.test_loader, save_dir=trainer.save_dir, args=args)
+            metrics = validator(model=copy.deepcopy(student_of(trainer.ema.ema if trainer.ema else trainer.model)))
+        found = [metrics[k] for k in MAP_KEYS if k in (metrics or {})]
+        return round(float(found[0]), 4) if found else None
+
     def step(self, trainer) -> None:
         """One prune step: plan on rank 0, broadcast, apply to model and EMA, rebuild training state, checkpoint."""
+        with hooks_off(trainer):  # distillation: the student is traced and copied without the wrapper's hooks
+            self._step(trainer)
+        if is_distilling(trainer.model):
+            check_projectors(unwrap_model(trainer.model))
+        save_after_step(trainer)
+
+    def _step(self, trainer) -> None:
         st = self.state
+        if st["done"] == 0:
+            st["base"]["map50_95"] = self._map_before(trainer)
+            if st.get("distill") == "self":
+                refresh_teacher(trainer)
         t0 = time.perf_counter()
-        model = unwrap_model(trainer.model)
+        model = student_of(trainer.model)
         k, n = st["done"] + 1, len(st["schedule"])
         before = self._info or model_info(model, FLOPS_IMGSZ)
         report = None
@@ -414,7 +519,6 @@ class PruneCallbacks:
         if not _zeroes_weights(st) and st["prune"] is not None:
             warn_if_missed(st["prune"] * k / n, st["base"]["gflops"], after["gflops"], f"step {k}/{n}")
         self._attach_state(trainer)
-        save_after_step(trainer)
 
     def _structured_step(self, trainer, model, k: int, n: int, before: dict) -> dict | None:
         """Plan on rank 0 (GFLOPs or latency target), broadcast, apply; returns the latency report of a latency step."""
@@ -473,7 +577,7 @@ class PruneCallbacks:
     def _sparsify_step(self, trainer, k: int, n: int) -> None:
         """Unstructured / 2:4 step: zero weights (same masks on every rank: the weights are identical), mask the EMA."""
         st = self.state
-        model = unwrap_model(trainer.model)
+        model = student_of(trainer.model)
         masks = sparsify(model, st["prune"] * k / n, st["mode"])
         if trainer.ema is not None:
             apply_masks(trainer.ema.ema, masks)

@@ -29,7 +29,7 @@ BENCHMARK_KEYS = {
     "name": "exp",
     "exist_ok": False,
 }
-TRAIN_PLUGIN_KEYS = (*PRUNE_DEFAULTS, "prune_steps", "prune_start", "prune_end")
+TRAIN_PLUGIN_KEYS = (*PRUNE_DEFAULTS, "prune_steps", "prune_start", "prune_end", "prune_distill")
 PRUNE_KEYS = {
     "model": None,
     "imgsz": 640,
@@ -60,6 +60,8 @@ HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune M
 
   yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [prune_steps=4] [prune_start=E0] [prune_end=E1]
       [prune_method=l2] [prune_round=16] [pruning keys below] [any 'yolo train' key]; resume=True continues a schedule
+      prune_distill=True: distill from the model as it was before its first step (weight: dis=); or distill_model=t.pt
+      model=yolo11n-shapes.pt | yolo26n-shapes.pt: shipped models trained to convergence on data=shapes-500 imgsz=128
 
   yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [data=shapes] [project=runs/prune] [name=exp] [pruning keys]
       one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
@@ -134,7 +136,7 @@ def _train(overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils.files import get_latest_run
 
-    from .callbacks import DISTILL_MESSAGE, check_train_args
+    from .callbacks import DISTILL_BOTH, check_train_args
     from .checkpoint import load_model
     from .model import add_pruning
     from .schedule import check_patience, make_schedule
@@ -150,8 +152,8 @@ def _train(overrides: dict[str, Any]) -> None:
     if not model:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
     target = cfg["prune"] if cfg["prune"] is not None else cfg["prune_latency"]
-    if target is not None and overrides.get("distill_model"):
-        raise PruneError(DISTILL_MESSAGE)
+    if cfg["prune_distill"] and overrides.get("distill_model") and not resume:
+        raise PruneError(DISTILL_BOTH)
     if target is not None and not resume:  # fail before any run folder is created
         epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
         schedule = make_schedule(target, epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
@@ -235,6 +237,12 @@ def entrypoint(argv: list[str] | None = None) -> int:
             print(HELP if argv[:1] != ["version"] else __version__)  # no torch / Ultralytics import for these
             return 0
         mode, overrides = parse_args(argv)
+        if overrides.get("model") or overrides.get("base"):
+            from .assets import resolve_model
+
+            for key in ("model", "base"):  # shipped models by name: model=yolo11n-shapes.pt
+                if key in overrides:
+                    overrides[key] = resolve_model(overrides[key])
         if mode in (None, "help"):
             print(HELP)
         elif mode == "version":

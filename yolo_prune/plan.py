@@ -42,17 +42,36 @@ def kept_channels(channels: int, ratio: float, round_to: int) -> int:
     return int(min(channels, max(round_to, keep)))
 
 
-def _apply(model: nn.Module, graph: tp.DependencyGraph, plan: PrunePlan) -> None:
-    """Prune ``plan``'s groups through ``graph`` (traced on ``model``), leaving frozen parameters frozen."""
+def _apply(
+    model: nn.Module, graph: tp.DependencyGraph, plan: PrunePlan, watch: dict[str, nn.Module] | None = None
+) -> dict:
+    """Prune ``plan``'s groups through ``graph`` (traced on ``model``), leaving frozen parameters frozen.
+
+    Returns, for each ``watch`` name, the input channels (positions before the prune) its module keeps.
+    """
     modules = dict(model.named_modules())
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    watch = watch or {}
+    kept = {k: list(range(m.weight.shape[1] * m.groups if isinstance(m, nn.Conv2d) else m.weight.shape[1]))
+            for k, m in watch.items()}  # fmt: skip
+    by_id = {id(m): k for k, m in watch.items()}
     with torch.no_grad():
         for name, idxs in plan.groups:
             layer = modules[name]
             handler = graph.get_pruner_of_module(layer).prune_out_channels
-            graph.get_pruning_group(layer, handler, idxs).prune()
+            group = graph.get_pruning_group(layer, handler, idxs)
+            seen = set()
+            for dep, removed in group:  # indices are positions in the layer as it is now, after earlier groups
+                key = by_id.get(id(dep.target.module))
+                if key is None or key in seen or graph.is_out_channel_pruning_fn(dep.handler):
+                    continue
+                seen.add(key)
+                gone = {int(getattr(i, "idx", i)) for i in removed}
+                kept[key] = [c for j, c in enumerate(kept[key]) if j not in gone]
+            group.prune()
     for n, p in model.named_parameters():  # pruned tensors are new Parameters with requires_grad=True
         p.requires_grad_(n not in frozen)
+    return kept
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
@@ -61,10 +80,19 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     The model is split for the prune and folded afterwards, so the live model, its EMA and every checkpoint hold one
     ``cv1`` conv per block (Ultralytics' own classes where the halves kept equal widths).
     """
+    apply_plan_watching(model, plan)
+    return unwrap_model(model)
+
+
+def apply_plan_watching(model: nn.Module, plan: PrunePlan, watch: tuple[str, ...] = ()) -> dict[str, list[int]]:
+    """:func:`apply_plan`, returning for each module name in ``watch`` (a conv or linear outside the split blocks) the
+    input channels it keeps, as positions before the prune: what a layer fed by the same features from outside the
+    model (a distillation projector) must keep."""
     model = prepare_model(unwrap_model(model))
-    _apply(model, build_graph(model), plan)
+    modules = dict(model.named_modules())
+    kept = _apply(model, build_graph(model), plan, {k: modules[k] for k in watch})
     fold_model(model)
-    return model
+    return kept
 
 
 def check_forward(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> None:

@@ -30,7 +30,9 @@ from .blocks import needs_yolo_prune
 from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 from .checkpoint import atomic_write_bytes
 from .datasets import resolve_data
-from .plan import PrunePlan, apply_plan
+from .distill import is_distilling, projector_inputs, resize_projectors, student_of
+from .heads import class_count, set_class_count
+from .plan import PrunePlan, apply_plan, apply_plan_watching
 
 
 def is_pruned(model: nn.Module) -> bool:
@@ -68,12 +70,12 @@ class PruneTrainerMixin:
         """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load)."""
         if weights is None or not is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        head = unwrap_model(weights).model[-1]
-        nc = head.linear.out_features if hasattr(head, "linear") else head.nc
-        if nc != self.data["nc"]:
-            raise PruneError(
-                f"data: has nc={self.data['nc']} but the pruned model predicts nc={nc}; accepted: a dataset "
-                f"with the model's {nc} classes (a pruned head cannot be rebuilt for another class count)"
+        nc = class_count(weights)
+        if nc != self.data["nc"]:  # transfer learning, as Ultralytics does it: new class outputs, the rest kept
+            n = set_class_count(weights, self.data["nc"])
+            LOGGER.info(
+                f"yolo-prune: the data has nc={self.data['nc']} and the model nc={nc}: rebuilt {n} class-output "
+                f"layers at the pruned widths; every other layer keeps its pruned width and weights"
             )
         if verbose:
             LOGGER.info("yolo-prune: training the pruned model as it is (no rebuild from model.yaml)")
@@ -134,10 +136,16 @@ def apply_step(trainer, plan: PrunePlan) -> None:
     running average survives. The GradScaler and the loss hold no parameters and stay.
     """
     model = unwrap_model(trainer.model)
-    apply_plan(model, plan)
+    student = student_of(model)
+    watch = projector_inputs(model) if is_distilling(model) else ()
+    kept = apply_plan_watching(student, plan, watch)
+    if watch:  # distillation: the projectors read the narrowed features
+        resize_projectors(model, kept)
     if trainer.ema is not None:
-        apply_plan(trainer.ema.ema, plan)
-        trainer.ema.ema.prune_state = getattr(model, "prune_state", None)
+        apply_plan(student_of(trainer.ema.ema), plan)
+        if watch:
+            resize_projectors(trainer.ema.ema, kept)
+        student_of(trainer.ema.ema).prune_state = getattr(student, "prune_state", None)
         trainer.ema = renew_ema(trainer.ema, model)
     if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
         trainer.model = rewrap_ddp(trainer.model)
@@ -157,15 +165,18 @@ def renew_ema(ema: ModelEMA, model: nn.Module) -> ModelEMA:
     return new
 
 
-def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
-    """A new DDP wrapper around the (pruned) module: DDP's buckets and parameter lists are fixed at construction."""
+def rewrap_ddp(
+    ddp: nn.parallel.DistributedDataParallel, module: nn.Module | None = None
+) -> nn.parallel.DistributedDataParallel:
+    """A new DDP wrapper around the (pruned) module, or around ``module`` with the same settings: DDP's buckets and
+    parameter lists are fixed at construction."""
     kwargs = {"find_unused_parameters": ddp.find_unused_parameters, "static_graph": ddp.static_graph}
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:  # torch >= 2.13
         kwargs["forward_sync_buffers"] = ddp.forward_sync_buffers
     else:
         kwargs["broadcast_buffers"] = ddp.broadcast_buffers
     return nn.parallel.DistributedDataParallel(
-        ddp.module, device_ids=ddp.device_ids, output_device=ddp.output_device, **kwargs
+        ddp.module if module is None else module, device_ids=ddp.device_ids, output_device=ddp.output_device, **kwargs
     )
 
 
@@ -220,7 +231,7 @@ def copy_hyperparameters(src: torch.optim.Optimizer, dst: torch.optim.Optimizer)
         new.update({k: v for k, v in old.items() if k != "params"})
 
 
-def rebuild_optimizer(trainer) -> None:
+def rebuild_optimizer(trainer, epoch: int | None = None) -> None:
     """New optimizer and scheduler for the current parameters, at the trainer's current epoch.
 
     Every group keeps the live optimizer's hyperparameters (see :func:`copy_hyperparameters`); the scheduler is set up
@@ -233,7 +244,8 @@ def rebuild_optimizer(trainer) -> None:
     trainer._setup_scheduler()  # LambdaLR's first step rewrites lr from initial_lr: copy again below
     copy_hyperparameters(old, trainer.optimizer)
     trainer.scheduler.base_lrs = [g["initial_lr"] for g in trainer.optimizer.param_groups]
-    trainer.scheduler.last_epoch = trainer.epoch - 1  # the epoch loop steps it right after on_train_epoch_start
+    epoch = trainer.epoch if epoch is None else epoch
+    trainer.scheduler.last_epoch = epoch - 1  # the epoch loop steps it right after on_train_epoch_start
     trainer.optimizer.zero_grad()
 
 

@@ -1,0 +1,146 @@
+"""Distillation while pruning (prune_distill, distill_model= with steps) and new class sets after pruning."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import yaml
+from conftest import run_cli
+from ultralytics import YOLO
+
+from yolo_prune import add_pruning
+from yolo_prune.checkpoint import save_checkpoint
+from yolo_prune.datasets import builtin_dataset
+from yolo_prune.engine import model_info, prune_model
+
+TRAIN = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "exist_ok": True}
+
+
+def _rows(run: Path) -> list[dict]:
+    return [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(open(run / "results.csv"))]
+
+
+def _projector_widths(ckpt: Path) -> list[tuple[int, int]]:
+    """(projector input, head's first box conv input) per level of a distillation checkpoint's EMA."""
+    w = torch.load(ckpt, weights_only=False)["ema"]
+    head = w.student_model.model[-1]
+    return [(p[0].in_channels, head.cv2[i][0].conv.in_channels) for i, p in enumerate(w.projector)]
+
+
+def test_prune_distill_two_steps_resume_and_student_only_export(tmp_path, tiny_data, log_lines):
+    m = add_pruning(YOLO("yolo11n.yaml"), prune=0.5, prune_steps=2, prune_start=1, prune_end=2, prune_distill=True)
+    m.train(data=tiny_data, epochs=4, save_period=1, project=str(tmp_path), name="d", **TRAIN)
+    w = tmp_path / "d" / "weights"
+    rows = _rows(tmp_path / "d")
+    dis = [float(r["train/dis_loss"]) for r in rows]
+    assert dis[0] == 0 and all(d > 0 for d in dis[1:]), dis  # off before step 1, on from the step
+    base_params = 2_591_010  # yolo11n nc=6: the student alone, never the teacher's parameters added
+    assert float(rows[0]["model/params_M"]) == pytest.approx(base_params / 1e6, rel=1e-4)
+    assert float(rows[-1]["model/params_M"]) < 0.6 * base_params / 1e6
+    # the projectors follow both steps: their inputs are the head's (pruned) input widths at every level
+    for epoch in (1, 2):
+        widths = _projector_widths(w / f"epoch{epoch}.pt")
+        assert all(a == b for a, b in widths), widths
+    assert _projector_widths(w / "epoch2.pt") != _projector_widths(w / "epoch0.pt")
+    teacher = YOLO(str(w / "teacher.pt")).model  # the model at step 1: unpruned, no schedule of its own
+    assert model_info(teacher, 640)["gflops"] == pytest.approx(6.505, abs=0.01) and not hasattr(teacher, "prune_state")
+    best = YOLO(str(w / "best.pt")).model
+    assert type(best).__name__ == "DetectionModel" and not hasattr(best, "teacher_model")
+    assert 0.47 <= 1 - model_info(best, 640)["gflops"] / 6.505 <= 0.53
+    assert best.prune_state["base"]["map50_95"] is not None  # the summary's "before" figure
+    assert any("yolo-prune summary" in x and "before" in x and "after" in x and "mAP50-95" in x for x in log_lines)
+
+    # resume from the end of epoch 2 (1 of 2 steps done): the teacher is rebuilt from weights/teacher.pt
+    shutil.copy(w / "epoch1.pt", w / "last.pt")
+    add_pruning(YOLO(str(w / "last.pt"))).train(resume=str(w / "last.pt"))
+    state = YOLO(str(w / "best.pt")).model.prune_state
+    assert [h["step"] for h in state["history"]] == [1, 2]
+    assert float(_rows(tmp_path / "d")[-1]["train/dis_loss"]) > 0
+
+    # the export holds the student only
+    f = YOLO(str(w / "best.pt")).export(format="onnx", imgsz=64, simplify=False)
+    n = sum(int(torch.tensor(i.dims).prod()) for i in onnx.load(f).graph.initializer)
+    student = sum(p.numel() for p in YOLO(str(w / "best.pt")).model.fuse().parameters())
+    assert n == pytest.approx(student, rel=0.02), (n, student)
+
+
+def test_distill_model_with_prune_steps_trains(tmp_path):
+    teacher = YOLO("yolo11n.yaml")
+    save_checkpoint(teacher.model, tmp_path / "teacher.pt", {"task": "detect", "imgsz": 64})
+    r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "imgsz=64", "batch=4", "workers=0", "plots=False",
+                "epochs=3", "prune=0.5", "prune_steps=2", "prune_start=1", "prune_end=2",
+                f"distill_model={tmp_path / 'teacher.pt'}", f"project={tmp_path}", "name=u", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _rows(tmp_path / "u")
+    assert all(float(x["train/dis_loss"]) > 0 for x in rows)
+    assert float(rows[0]["model/params_M"]) == pytest.approx(2.59101, rel=1e-4)  # student only (the issue's 4.54 M)
+    best = YOLO(str(tmp_path / "u" / "weights" / "best.pt")).model
+    assert 0.47 <= 1 - model_info(best, 640)["gflops"] / 6.505 <= 0.53
+
+
+def test_prune_distill_refusals(tmp_path):
+    r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2", "prune=0.5", "prune_distill=True",
+                "distill_model=teacher.pt", f"project={tmp_path}", "name=d", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and "prune_distill" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2", "prune_distill=True",
+                f"project={tmp_path}", "name=d", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and "prune_distill=True" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.fixture(scope="module")
+def four_classes(tmp_path_factory) -> str:
+    """The built-in 8-image set reduced to its first 4 classes."""
+    src = Path(builtin_dataset("shapes-8")).parent
+    dst = tmp_path_factory.mktemp("data") / "four"
+    shutil.copytree(src, dst)
+    for f in dst.rglob("labels/*.txt"):
+        f.write_text("".join(x + "\n" for x in f.read_text().splitlines() if int(x.split()[0]) < 4))
+    cfg = yaml.safe_load((dst / "data.yaml").read_text())
+    cfg.update(path=str(dst), names={i: cfg["names"][i] for i in range(4)})
+    (dst / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return str(dst / "data.yaml")
+
+
+@pytest.mark.parametrize("family", ["yolo11n", "yolo26n"])
+def test_pruned_nc80_model_trains_on_4_classes(tmp_path, four_classes, family, log_lines):
+    y = YOLO(f"{family}.yaml")  # nc=80, as COCO-pretrained models are
+    prune_model(y.model, prune=0.5)
+    pt = save_checkpoint(y.model, tmp_path / "p.pt", {"task": "detect", "imgsz": 64})
+    before = {k: v.shape for k, v in YOLO(str(pt)).model.state_dict().items()}
+    add_pruning(YOLO(str(pt))).train(data=four_classes, epochs=2, project=str(tmp_path), name="nc", **TRAIN)
+    best = YOLO(str(tmp_path / "nc" / "weights" / "best.pt")).model
+    after = {k: v.shape for k, v in best.state_dict().items()}
+    changed = sorted({k.rsplit(".", 1)[0] for k in before if after[k] != before[k]})
+    n = 6 if family == "yolo26n" else 3  # YOLO26 also has the one-to-one head's class convs
+    assert len(changed) == n and all(k.split(".")[2] in ("cv3", "one2one_cv3") for k in changed), (
+        changed
+    )  # class outputs only
+    assert all(after[f"{k}.weight"][0] == 4 for k in changed) and best.nc == 4 and len(best.names) == 4
+    assert sum(p.numel() for p in best.parameters()) < 0.7 * sum(
+        p.numel() for p in YOLO(f"{family}.yaml").model.parameters()
+    )
+    assert sum("rebuilt" in x and "nc=4" in x for x in log_lines) == 1
+
+
+def test_watched_inputs_are_the_channels_the_consumer_keeps():
+    """apply_plan_watching names the input channels a conv keeps: its new weight is the old one's kept columns."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_prune.engine import plan_for_target, prepare_model
+    from yolo_prune.plan import apply_plan_watching
+
+    m = prepare_model(DetectionModel("yolo11n.yaml", nc=6, verbose=False))
+    plan = plan_for_target(m, prune=0.5, imgsz=320)
+    head = m.model[-1]
+    names = [f"model.23.cv2.{i}.0.conv" for i in range(3)]
+    old = [head.cv2[i][0].conv.weight.detach().clone() for i in range(3)]
+    kept = apply_plan_watching(m, plan, tuple(names))
+    for i, name in enumerate(names):
+        new = head.cv2[i][0].conv.weight.detach()
+        assert len(kept[name]) == new.shape[1] < old[i].shape[1]
+        cols = old[i][:, kept[name]]  # each kept output row of the new conv is an old row restricted to kept inputs
+        assert all(any(torch.equal(r, c) for c in cols) for r in new)
