@@ -1,0 +1,20 @@
+"""Small converged models of the built-in ``shapes`` data, shipped so a first run prunes a trained model.
+
+Made by ``benchmarks/accuracy.py --profile converged --rows base`` (see its results in ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).parent
+
+MODELS = ("yolo11n-shapes.pt", "yolo26n-shapes.pt")  # shipped when the converged benchmark has made them
+
+
+def resolve_model(model):
+    """A shipped model's name (``yolo11n-shapes.pt``) becomes its path when no local file has that name; anything
+    else is returned unchanged (Ultralytics would try to download an unknown ``.pt`` name)."""
+    if isinstance(model, str) and model in MODELS and not Path(model).exists() and (ASSETS / model).is_file():
+        return str(ASSETS / model)
+    return model
