@@ -144,3 +144,21 @@ def test_watched_inputs_are_the_channels_the_consumer_keeps():
         assert len(kept[name]) == new.shape[1] < old[i].shape[1]
         cols = old[i][:, kept[name]]  # each kept output row of the new conv is an old row restricted to kept inputs
         assert all(any(torch.equal(r, c) for c in cols) for r in new)
+
+
+@pytest.mark.parametrize(("model", "data"), [("yolo11n-seg.yaml", "shapes-seg-8"), ("yolo26n-pose.yaml", "shapes-pose-8"),
+                                             ("yolo11n-obb.yaml", "shapes-obb-8")])  # fmt: skip
+def test_prune_distill_every_detection_task(tmp_path, model, data):
+    m = add_pruning(YOLO(model), prune=0.3, prune_steps=1, prune_start=1, prune_distill=True)
+    m.train(data=data, epochs=2, save_period=1, project=str(tmp_path), name="t", **TRAIN)
+    w = tmp_path / "t" / "weights"
+    assert all(a == b for a, b in _projector_widths(w / "epoch1.pt"))
+    assert float(_rows(tmp_path / "t")[-1]["train/dis_loss"]) > 0
+    best = YOLO(str(w / "best.pt")).model
+    assert not hasattr(best, "teacher_model") and [h["step"] for h in best.prune_state["history"]] == [1]
+
+
+def test_prune_distill_refuses_classify(tmp_path):
+    m = add_pruning(YOLO("yolo11n-cls.yaml"), prune=0.3, prune_steps=1, prune_start=1, prune_distill=True)
+    with pytest.raises(ValueError, match="prune_distill=True needs a detection head"):
+        m.train(data="shapes-cls-8", epochs=2, project=str(tmp_path), name="c", **TRAIN)
