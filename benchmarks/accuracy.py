@@ -33,6 +33,13 @@ PROFILES = {
     "quick": {"scale": "n", "data": "shapes-1000", "imgsz": 160, "epochs": 10, "batch": 16, "nbs": 16, "runs": 100},
     "full": {"scale": "s", "data": "shapes-2000", "imgsz": 320, "epochs": 30, "batch": 32, "nbs": 64, "runs": 200},
     "smoke": {"scale": "n", "data": "shapes-16", "imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "runs": 5},  # wiring
+    # converged: the base trains until val mAP50-95 gains < 0.005 over its last 10 epochs (at most 150); rows then
+    # fine-tune for 10% ("short") or 30% ("long") of the base's epochs. 128 px and 500 images: ~12 s an epoch on 2 cores
+    "converged": {"scale": "n", "data": "shapes-500", "imgsz": 128, "epochs": 150, "batch": 16, "nbs": 16, "runs": 200,
+                  "plateau": [10, 0.005], "budgets": {"short": 0.1, "long": 0.3}, "seeds": 3, "threads": 1,
+                  "ship": True},  # the bases are copied to yolo_prune/assets/ (the Quick start's model)
+    "converged-smoke": {"scale": "n", "data": "shapes-16", "imgsz": 64, "epochs": 4, "batch": 8, "nbs": 8, "runs": 5,
+                        "plateau": [1, 1.0], "budgets": {"short": 0.4}, "seeds": 2, "threads": 1},  # wiring only
 }
 TARGET = 0.5  # fraction of GFLOPs removed in rows B, C and matched by D
 LEVERS = {  # name -> yolo-prune keys / train keys for row B (added to --recipe)
@@ -60,7 +67,7 @@ LEVERS = {  # name -> yolo-prune keys / train keys for row B (added to --recipe)
         "prune_sparsity": 2.0,
     },
 }
-PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end")  # + every key of yolo_prune.cfg.PRUNE_DEFAULTS
+PLUGIN_KEYS = ("prune", "prune_steps", "prune_start", "prune_end", "prune_distill")  # + yolo_prune.cfg.PRUNE_DEFAULTS
 
 
 def width_yaml(family: str, scale: str, gflops: float, imgsz: int, out: Path) -> tuple[Path, float]:
@@ -89,7 +96,7 @@ def width_yaml(family: str, scale: str, gflops: float, imgsz: int, out: Path) ->
     return out, w
 
 
-def onnx_latency(weights: Path, imgsz: int, runs: int) -> float:
+def onnx_latency(weights: Path, imgsz: int, runs: int, threads: int | None = None) -> float:
     """Median ONNX Runtime CPU latency (ms) at batch 1, with yolo-prune's benchmark runner."""
     import torch
     from ultralytics import YOLO
@@ -97,7 +104,7 @@ def onnx_latency(weights: Path, imgsz: int, runs: int) -> float:
     from yolo_prune.benchmark import _runner, time_runs
 
     f = YOLO(str(weights)).export(format="onnx", imgsz=imgsz, simplify=True)
-    return round(time_runs(_runner(f, "onnx", torch.get_num_threads()), runs)["median_ms"], 2)
+    return round(time_runs(_runner(f, "onnx", threads or torch.get_num_threads()), runs)["median_ms"], 2)
 
 
 def evaluate(weights: Path, p: dict, device: str) -> dict:
@@ -115,7 +122,7 @@ def evaluate(weights: Path, p: dict, device: str) -> dict:
         "gflops": round(info["gflops"], 3),
         "map50": round(float(m.box.map50), 4),
         "map50_95": round(float(m.box.map), 4),
-        "onnx_ms": onnx_latency(weights, p["imgsz"], p["runs"]),
+        "onnx_ms": onnx_latency(weights, p["imgsz"], p["runs"], p.get("threads")),
     }
 
 
@@ -143,6 +150,47 @@ def train(model, name: str, p: dict, epochs: int, device: str, work: Path, **key
     t0 = time.perf_counter()
     add_pruning(model, **plugin).train(**args)
     return work / name / "weights" / "best.pt", round(time.perf_counter() - t0, 1)
+
+
+class Plateau:
+    """Stop training once val mAP50-95 gains less than ``tol`` over the last ``window`` epochs (the curve is kept)."""
+
+    def __init__(self, window: int, tol: float):
+        self.window, self.tol, self.curve = window, tol, []
+
+    def __call__(self, trainer) -> None:  # on_fit_epoch_end
+        self.curve.append(round(float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)), 4))
+        c, w = self.curve, self.window
+        if len(c) > 2 * w and max(c[-w:]) - max(c[:-w]) < self.tol:
+            trainer.stop = True
+
+
+def converged_base(family: str, p: dict, device: str, work: Path) -> tuple[Path, float]:
+    """The converged base: trained once until the plateau rule holds, copied to ``yolo_prune/assets/`` with its curve."""
+    import shutil
+
+    from ultralytics import YOLO
+
+    from yolo_prune.assets import ASSETS
+
+    name = f"{family}_base"
+    best, meta = work / name / "weights" / "best.pt", work / name / "base.json"
+    if not (best.exists() and meta.exists()):
+        stop = Plateau(*p["plateau"])
+        model = YOLO(f"{family}{p['scale']}.yaml")
+        model.add_callback("on_fit_epoch_end", stop)
+        best, s = train(model, name, p, p["epochs"], device, work)
+        epochs = len(stop.curve)
+        info = {"family": family, "epochs": epochs, "seconds": s, "curve": stop.curve,
+                "converged": epochs < p["epochs"], "best_map50_95": max(stop.curve)}  # fmt: skip
+        meta.write_text(json.dumps(info, indent=2))
+        if p.get("ship"):
+            shutil.copyfile(best, ASSETS / f"{family}{p['scale']}-shapes.pt")
+        save(f"accuracy_{p['name']}_base_{family}", {**header(), "profile": p, **info}, [
+            f"{family}{p['scale']} trained from scratch on {p['data']} at imgsz {p['imgsz']}: {epochs} epochs "
+            f"({'plateau reached' if info['converged'] else 'stopped at the epoch limit'}), {s:.0f} s, best val "
+            f"mAP50-95 {info['best_map50_95']:.4f}", "", "val mAP50-95 per epoch: " + ", ".join(map(str, stop.curve))])  # fmt: skip
+    return best, json.loads(meta.read_text())["seconds"]
 
 
 def pretrained(family: str, p: dict, device: str, work: Path) -> tuple[Path, float]:
@@ -263,11 +311,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="override the profile's E")
     ap.add_argument("--work", default="runs/accuracy", help="where runs and A0 checkpoints are kept")
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
+    ap.add_argument("--seeds", type=int, help="converged: seeds of rows A, B, B+KD, D (default: the profile's 3)")
+    ap.add_argument("--budgets", default="short,long", help="converged: fine-tuning budgets to run")
+    ap.add_argument("--reductions", default="0.3,0.5", help="converged: GFLOPs fractions removed in B, B+KD, C, D")
+    ap.add_argument("--dis", type=float, default=1.0, help="converged: distillation weight of row B+KD")
     a = ap.parse_args()
     import os
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    p = dict(PROFILES[a.profile])
+    p = {**PROFILES[a.profile], "name": a.profile}
     if a.epochs:
         p["epochs"] = a.epochs
     work = Path(a.work).resolve() / f"{a.profile}_e{p['epochs']}"
@@ -283,6 +335,18 @@ def main() -> None:
             rows[-1]["row"] = lever
             rows[-1]["keys"] = json.dumps(keys)
             write(f"accuracy_levers_{a.profile}{a.tag}", rows, out)  # after each lever: a long run keeps what it has
+        return
+    if "plateau" in p:  # converged profiles
+        if a.rows == "base":
+            for fam in families:
+                converged_base(fam, p, a.device, work)
+            return
+        from accuracy_converged import run as run_converged
+
+        rows = "A,B,BKD,C,D,L" if a.rows == "A,B,C,D" else a.rows  # the profile's own default rows
+        out.update(dis=a.dis)
+        run_converged(families, rows.split(","), p, a.device, work, a.seeds or p["seeds"], a.budgets.split(","),
+                      [float(x) for x in a.reductions.split(",")], a.dis, f"accuracy_{a.profile}{a.tag}", out)  # fmt: skip
         return
     rows = []
     for fam in families:

@@ -168,10 +168,12 @@ def test_pruned_checkpoint_trains_as_it_is(tmp_path, trained_pt):
     assert shapes(YOLO(str(tmp_path / "cli" / "weights" / "last.pt")).model) == shapes(YOLO(str(pt)).model)
 
 
-def test_pruned_checkpoint_with_other_classes_is_refused(tmp_path):
+def test_pruned_checkpoint_with_other_classes_trains_through_the_cli(tmp_path):
     assert run_cli("prune", "model=yolo11n.yaml", "prune=0.3", f"project={tmp_path}", "name=p").returncode == 0
-    r = run_cli("train", f"model={tmp_path}/p/weights/pruned.pt", *TRAIN, "epochs=1", f"project={tmp_path}")
-    assert r.returncode == 2 and "nc=6" in r.stderr and "nc=80" in r.stderr
+    r = run_cli("train", f"model={tmp_path}/p/weights/pruned.pt", *TRAIN, "epochs=1", f"project={tmp_path}", "name=t")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "the data has nc=6 and the model nc=80: rebuilt 3 class-output layers" in r.stdout + r.stderr
+    assert YOLO(str(tmp_path / "t" / "weights" / "last.pt")).model.nc == 6
 
 
 def _kill_mid_schedule(tmp_path) -> Path:

@@ -1,0 +1,236 @@
+"""``benchmarks/accuracy.py --profile converged``: pruning a converged model, against the alternatives, with seeds.
+
+Per family, from the converged base (trained until val mAP50-95 gains < 0.005 over its last 10 epochs; N epochs):
+  A    the base trained on unpruned for the fine-tuning budget E
+  B    the default recipe (prune steps between epochs) at -30% / -50% GFLOPs, E epochs
+  BKD  B with distillation from the model before its first step (prune_distill=True, dis=--dis)
+  C    one-shot L2 prune of the base, then E epochs of fine-tuning (seed 0 only)
+  D    the same yaml at the smallest width with >= B's GFLOPs, from scratch for N + E epochs
+  L    prune_latency=0.5 (ONNX Runtime) with E epochs (seed 0 only)
+  AG, BG  A and B with a gentler fine-tuning recipe for a converged start (GENTLE: lower lr, no warmup; seed 0 only)
+E is each budget's share of N (short ~10%, long ~30%). A, B, BKD and D run with each seed; the table gives mean +/- std.
+Every run's result is kept in its run folder (row.json): a rerun skips finished runs, so a long benchmark can continue.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+SEEDED = ("A", "B", "BKD", "D")
+# a converged base restarted at the lr it started from dips for its first epochs: does a gentler restart recover more?
+GENTLE = {"optimizer": "AdamW", "lr0": 0.0002, "warmup_epochs": 0}  # the bases' auto choice: AdamW, lr 0.001
+TITLES = {
+    "A": "A unpruned, trained on",
+    "B": "B default recipe",
+    "BKD": "B+KD (prune_distill)",
+    "C": "C one-shot L2 + fine-tune",
+    "D": "D smaller width from scratch",
+    "L": "prune_latency=0.5",
+    "AG": "A, gentle recipe",
+    "BG": "B, gentle recipe",
+}
+
+
+def specs(rows: list[str], reductions: list[float], budgets: list[str], seeds: int) -> list[dict]:
+    """Every run the benchmark makes for one family, in the order they run (cheap, decisive rows first)."""
+    out = []
+    for budget in budgets:
+        for row in rows:
+            reds = [None] if row in ("A", "AG", "L") else reductions
+            for red in reds:
+                for seed in range(seeds if row in SEEDED else 1):
+                    out.append({"row": row, "reduction": red, "budget": budget, "seed": seed})
+    return sorted(out, key=lambda s: (budgets.index(s["budget"]), s["seed"], s["row"] == "D"))
+
+
+def curve(run: Path) -> list[float]:
+    """val mAP50-95 per epoch of a run (results.csv)."""
+    import csv
+
+    rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(open(run / "results.csv"))]
+    return [round(float(r["metrics/mAP50-95(B)"]), 4) for r in rows]
+
+
+def run_spec(
+    spec: dict, family: str, base: Path, base_info: dict, p: dict, device: str, work: Path, dis: float
+) -> dict:
+    """Train and evaluate one run (or read its kept result)."""
+    from accuracy import evaluate, train, width_yaml
+    from ultralytics import YOLO
+
+    from yolo_prune.checkpoint import save_checkpoint
+    from yolo_prune.engine import model_info, prune_model
+
+    row, red, budget, seed = spec["row"], spec["reduction"], spec["budget"], spec["seed"]
+    n = base_info["epochs"]
+    e = max(1, round(p["budgets"][budget] * n))
+    name = f"{family}_{row}{'' if red is None else f'_p{round(red * 100)}'}_{budget}_s{seed}"
+    if row == "BKD":
+        name += f"_dis{dis:g}"
+    kept = work / name / "row.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    t0 = time.perf_counter()
+    if row in ("A", "AG"):
+        best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, **(GENTLE if row == "AG" else {}))
+    elif row in ("B", "BKD", "BG"):
+        extra = {"prune_distill": True, "dis": dis} if row == "BKD" else GENTLE if row == "BG" else {}
+        best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, prune=red, **extra)
+    elif row == "C":
+        net = YOLO(str(base)).model
+        prune_model(net, prune=red, method="l2")
+        pruned = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": p["imgsz"]})
+        best, _ = train(YOLO(str(pruned)), name, p, e, device, work, seed=seed)
+    elif row == "D":
+        gflops = model_info(YOLO(str(base)).model, 640)["gflops"]
+        yml, _ = width_yaml(family, p["scale"], (1 - red) * gflops, p["imgsz"], work / f"{name}.yaml")
+        best, _ = train(YOLO(str(yml)), name, p, n + e, device, work, seed=seed)
+    elif row == "L":
+        best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, prune_latency=0.5)
+    else:
+        raise ValueError(row)
+    seconds = round(time.perf_counter() - t0, 1)
+    out = {**spec, "family": family, "epochs": e if row != "D" else n + e, "name": name, "train_s": seconds}
+    out.update(evaluate(best, p, device))
+    out["curve"] = curve(work / name)
+    kept.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per (family, row, reduction, budget): means (and std of mAP) over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["family"], r["row"], r["reduction"], r["budget"]), []).append(r)
+    out = []
+    for (fam, row, red, budget), rs in groups.items():
+        m, s = _stats([r["map50_95"] for r in rs])
+        out.append({
+            "family": fam, "row": row, "reduction": red, "budget": budget, "epochs": rs[0]["epochs"], "seeds": len(rs),
+            "params": rs[0]["params"], "gflops": rs[0]["gflops"], "map50": round(_stats([r["map50"] for r in rs])[0], 4),
+            "map50_95": round(m, 4), "map50_95_std": round(s, 4),
+            "onnx_ms": round(statistics.mean(r["onnx_ms"] for r in rs), 2),
+            "train_s": round(statistics.mean(r["train_s"] for r in rs), 1),
+            "first_epochs": rs[0]["curve"][:3],
+        })  # fmt: skip
+    return out
+
+
+def verdicts(table: list[dict], bases: dict) -> list[str]:
+    """The issue's criteria, per family and budget, said plainly: at -30% B or B+KD within 0.005 mAP50-95 of A; at
+    -50% B or B+KD at least 0.010 above D."""
+    lines = []
+    for fam in bases:
+        for budget in sorted({r["budget"] for r in table if r["family"] == fam}):
+            rows = {(r["row"], r["reduction"]): r for r in table if r["family"] == fam and r["budget"] == budget}
+            a = rows.get(("A", None))  # the reference is A with the same recipe as B
+            for red, ref, need in ((0.3, "A", -0.005), (0.5, "D", 0.010)):
+                cands = [rows[(k, red)] for k in ("B", "BKD") if (k, red) in rows]
+                other = a if ref == "A" else rows.get(("D", red))
+                if not cands or other is None:
+                    lines.append(f"- {fam}, {budget} budget, -{red:.0%}: not measured (rows missing)")
+                    continue
+                best = max(cands, key=lambda r: r["map50_95"])
+                gap = best["map50_95"] - other["map50_95"]
+                ok = gap >= need
+                lines.append(
+                    f"- {fam}, {budget} budget ({best['epochs']} epochs), -{red:.0%} GFLOPs: best of B/B+KD is "
+                    f"{TITLES[best['row']]} {best['map50_95']:.4f} vs {ref} {other['map50_95']:.4f} "
+                    f"({gap:+.4f}; target {'>= ' if need > 0 else 'within '}{abs(need):.3f}): "
+                    f"**{'met' if ok else 'not met'}** (seeds {best['seeds']}/{other['seeds']})"
+                )
+    return lines
+
+
+def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
+    """JSON, Markdown (results_io.save), CSV and the mAP50-95 vs ONNX Runtime latency chart."""
+    import csv
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from results_io import RESULTS, save
+
+    table = aggregate(runs)
+    cols = ["family", "row", "reduction", "budget", "epochs", "seeds", "params", "gflops", "map50", "map50_95",
+            "map50_95_std", "onnx_ms", "train_s"]  # fmt: skip
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.csv").write_text(buf.getvalue())
+    p = out["profile"]
+    body = [
+        "Bases: "
+        + ", ".join(f"{f} {b['epochs']} epochs to plateau (val mAP50-95 {b['best_map50_95']:.4f})" for f, b in bases.items())
+        + "; "
+        f"data {p['data']}, imgsz {p['imgsz']}, batch {p['batch']}, nbs {p['nbs']}. Budgets: "
+        + ", ".join(f"{k} {v:.0%} of the base's epochs" for k, v in p["budgets"].items())
+        + f". ONNX Runtime latency: batch 1, imgsz {p['imgsz']}, 1 thread, median of {p['runs']} runs. "
+        f"B+KD: prune_distill=True, dis={out['dis']:g}. mAP50-95 is mean +/- std over the seeds run.",
+        "",
+        "| family | row | GFLOPs cut | budget (epochs) | seeds | params | GFLOPs@640 | mAP50-95 | mAP50 | ONNX RT ms | mAP50-95 first 3 epochs (seed 0) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]  # fmt: skip
+    for r in sorted(table, key=lambda r: (r["family"], r["budget"], r["reduction"] or 0, list(TITLES).index(r["row"]))):
+        red = "" if r["reduction"] is None else f"{r['reduction']:.0%}"
+        body.append(
+            f"| {r['family']} | {TITLES[r['row']]} | {red} | {r['budget']} ({r['epochs']}) | {r['seeds']} | "
+            f"{r['params']:,} | {r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | {r['map50']:.4f} "
+            f"| {r['onnx_ms']:.2f} | {', '.join(f'{x:.3f}' for x in r['first_epochs'])} |"
+        )
+    body += ["", "Criteria (issue #14):", *verdicts(table, bases), "", *out.get("notes", [])]
+    save(name, {**out, "bases": bases, "table": table, "runs": runs}, body)
+
+    fig, axes = plt.subplots(1, len(bases), figsize=(6 * len(bases), 4.5), dpi=120, squeeze=False)
+    for ax, fam in zip(axes[0], bases):
+        for r in (r for r in table if r["family"] == fam):
+            cut = "" if r["reduction"] is None else f" -{r['reduction']:.0%}"
+            label = f"{r['row']}{cut} {r['budget']}"
+            ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="o", capsize=3)
+            ax.annotate(label, (r["onnx_ms"], r["map50_95"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.axhline(bases[fam]["best_map50_95"], ls="--", c="gray", lw=0.8, label="converged base")
+        ax.set(
+            xlabel="ONNX Runtime CPU ms (batch 1, 1 thread)", ylabel="val mAP50-95", title=f"{fam}: up-left is better"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png")
+    plt.close(fig)
+
+
+def run(families: list[str], rows: list[str], p: dict, device: str, work: Path, seeds: int, budgets: list[str],
+        reductions: list[float], dis: float, name: str, out: dict) -> None:  # fmt: skip
+    """The converged profile: bases, then every run, writing the results after each."""
+    from accuracy import converged_base
+
+    bases = {}
+    t0 = time.perf_counter()
+    for fam in families:
+        base, _ = converged_base(fam, p, device, work)
+        bases[fam] = json.loads((base.parent.parent / "base.json").read_text())
+        bases[fam].pop("curve", None)
+    for fam in families:
+        base = work / f"{fam}_base" / "weights" / "best.pt"
+        for spec in specs(rows, reductions, budgets, seeds):
+            run_spec(spec, fam, base, bases[fam], p, device, work, dis)
+            out["wall_s"] = round(time.perf_counter() - t0, 1)
+            write(name, kept_runs(work, bases), bases, out)
+    write(name, kept_runs(work, bases), bases, out)
+
+
+def kept_runs(work: Path, bases: dict) -> list[dict]:
+    """Every finished run in the work folder (also those of other processes running rows side by side)."""
+    runs = [json.loads(f.read_text()) for f in sorted(work.glob("*/row.json"))]
+    return [r for r in runs if r["family"] in bases]
