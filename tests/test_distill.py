@@ -60,6 +60,10 @@ def test_prune_distill_two_steps_resume_and_student_only_export(tmp_path, tiny_d
     assert [h["step"] for h in state["history"]] == [1, 2]
     assert float(_rows(tmp_path / "d")[-1]["train/dis_loss"]) > 0
 
+    # a distillation checkpoint (epoch{N}.pt holds the wrapper) as a new start trains its pruned student
+    add_pruning(YOLO(str(w / "epoch2.pt"))).train(data=tiny_data, epochs=1, project=str(tmp_path), name="n", **TRAIN)
+    assert model_info(YOLO(str(tmp_path / "n" / "weights" / "best.pt")).model, 640)["gflops"] < 0.53 * 6.505
+
     # the export holds the student only
     f = YOLO(str(w / "best.pt")).export(format="onnx", imgsz=64, simplify=False)
     n = sum(int(torch.tensor(i.dims).prod()) for i in onnx.load(f).graph.initializer)
@@ -91,11 +95,9 @@ def test_prune_distill_refusals(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.fixture(scope="module")
-def four_classes(tmp_path_factory) -> str:
-    """The built-in 8-image set reduced to its first 4 classes."""
-    src = Path(builtin_dataset("shapes-8")).parent
-    dst = tmp_path_factory.mktemp("data") / "four"
+def _four_classes(name: str, dst: Path) -> str:
+    """A built-in 8-image set reduced to its first 4 classes."""
+    src = Path(builtin_dataset(name)).parent
     shutil.copytree(src, dst)
     for f in dst.rglob("labels/*.txt"):
         f.write_text("".join(x + "\n" for x in f.read_text().splitlines() if int(x.split()[0]) < 4))
@@ -105,25 +107,26 @@ def four_classes(tmp_path_factory) -> str:
     return str(dst / "data.yaml")
 
 
-@pytest.mark.parametrize("family", ["yolo11n", "yolo26n"])
-def test_pruned_nc80_model_trains_on_4_classes(tmp_path, four_classes, family, log_lines):
+@pytest.mark.parametrize("family", ["yolo11n", "yolo26n", "yolo26n-seg"])
+def test_pruned_nc80_model_trains_on_4_classes(tmp_path, family, log_lines):
+    seg = family.endswith("-seg")
+    four_classes = _four_classes("shapes-seg-8" if seg else "shapes-8", tmp_path / "four")
     y = YOLO(f"{family}.yaml")  # nc=80, as COCO-pretrained models are
     prune_model(y.model, prune=0.5)
-    pt = save_checkpoint(y.model, tmp_path / "p.pt", {"task": "detect", "imgsz": 64})
+    pt = save_checkpoint(y.model, tmp_path / "p.pt", {"task": y.task, "imgsz": 64})
     before = {k: v.shape for k, v in YOLO(str(pt)).model.state_dict().items()}
     add_pruning(YOLO(str(pt))).train(data=four_classes, epochs=2, project=str(tmp_path), name="nc", **TRAIN)
     best = YOLO(str(tmp_path / "nc" / "weights" / "best.pt")).model
     after = {k: v.shape for k, v in best.state_dict().items()}
     changed = sorted({k.rsplit(".", 1)[0] for k in before if after[k] != before[k]})
-    n = 6 if family == "yolo26n" else 3  # YOLO26 also has the one-to-one head's class convs
-    assert len(changed) == n and all(k.split(".")[2] in ("cv3", "one2one_cv3") for k in changed), (
-        changed
-    )  # class outputs only
+    n = {"yolo11n": 3, "yolo26n": 6, "yolo26n-seg": 7}[family]  # + YOLO26's one-to-one head, + its semantic head
+    heads = ("cv3", "one2one_cv3", "proto")
+    assert len(changed) == n and all(k.split(".")[2] in heads for k in changed), changed  # class outputs only
     assert all(after[f"{k}.weight"][0] == 4 for k in changed) and best.nc == 4 and len(best.names) == 4
     assert sum(p.numel() for p in best.parameters()) < 0.7 * sum(
         p.numel() for p in YOLO(f"{family}.yaml").model.parameters()
     )
-    assert sum("rebuilt" in x and "nc=4" in x for x in log_lines) == 1
+    assert sum(f"rebuilt {n} class-output layers" in x and "nc=4" in x for x in log_lines) == 1
 
 
 def test_watched_inputs_are_the_channels_the_consumer_keeps():
@@ -162,3 +165,11 @@ def test_prune_distill_refuses_classify(tmp_path):
     m = add_pruning(YOLO("yolo11n-cls.yaml"), prune=0.3, prune_steps=1, prune_start=1, prune_distill=True)
     with pytest.raises(ValueError, match="prune_distill=True needs a detection head"):
         m.train(data="shapes-cls-8", epochs=2, project=str(tmp_path), name="c", **TRAIN)
+
+
+@pytest.mark.parametrize("keys", [{"prune_method": "taylor"}, {"prune_mode": "unstructured"}])
+def test_prune_distill_with_gradient_criteria_and_sparse_modes(tmp_path, tiny_data, keys):
+    m = add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_steps=1, prune_start=1, prune_distill=True, **keys)
+    m.train(data=tiny_data, epochs=2, project=str(tmp_path), name="k", **TRAIN)
+    state = YOLO(str(tmp_path / "k" / "weights" / "best.pt")).model.prune_state
+    assert [h["step"] for h in state["history"]] == [1] and float(_rows(tmp_path / "k")[-1]["train/dis_loss"]) > 0

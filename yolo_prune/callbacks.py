@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import needs_yolo_prune
 from .cfg import PruneError, check_prune_args
@@ -25,8 +26,6 @@ from .distill import (
     start_self_distillation,
     student_of,
 )
-from ultralytics.utils.torch_utils import unwrap_model
-
 from .engine import model_info, options_from_cfg, plan_for_latency, plan_for_target
 from .graph import check_supported, ignored_modules, prepare_model
 from .importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
@@ -170,6 +169,9 @@ class PruneCallbacks:
         """Refuse a new schedule that cannot run, before data, model and loggers are set up."""
         if self.cfg["prune_distill"] and trainer.args.distill_model and not trainer.resume:
             raise PruneError(DISTILL_BOTH)
+        if self.cfg["prune_distill"] and trainer.args.compile:  # as Ultralytics does for distill_model
+            LOGGER.warning("'compile' is not supported with knowledge distillation and will be disabled.")
+            trainer.args.compile = False
         if self.cfg["prune"] is not None and not trainer.resume:
             schedule = make_schedule(
                 self.cfg["prune"],
@@ -417,7 +419,7 @@ class PruneCallbacks:
         if not st["history"]:
             return
         col = "sparsity" if _zeroes_weights(st) else "reduction"
-        metric = "top1" if trainer.args.task == "classify" else "mAP50-95"
+        metric = {"classify": "top1", "detect": "mAP50-95"}.get(trainer.args.task, "mAP50-95(B)")
         end = next((trainer.metrics[k] for k in MAP_KEYS if k in (getattr(trainer, "metrics", None) or {})), None)
         before, now = st["base"].get("map50_95"), self._info or model_info(student_of(trainer.model), FLOPS_IMGSZ)
 
@@ -465,6 +467,8 @@ class PruneCallbacks:
             return None
         metrics = getattr(trainer, "metrics", None)
         if not (trainer.args.val and trainer.epoch > trainer.start_epoch and isinstance(metrics, dict)):
+            if trainer.world_size > 1:  # a validation on rank 0 alone would meet the other ranks' collectives
+                return None
             args = copy.copy(trainer.args)
             args.plots, args.save_json = False, False
             validator = type(trainer.validator)(trainer.test_loader, save_dir=trainer.save_dir, args=args)
@@ -580,7 +584,7 @@ class PruneCallbacks:
         model = student_of(trainer.model)
         masks = sparsify(model, st["prune"] * k / n, st["mode"])
         if trainer.ema is not None:
-            apply_masks(trainer.ema.ema, masks)
+            apply_masks(student_of(trainer.ema.ema), masks)
             trainer.ema = renew_ema(trainer.ema, model)  # prune.remove swapped weight storage: drop cached pairs
         self.keeper = MaskKeeper(model, masks)
         self.keeper.attach(trainer.optimizer)

@@ -32,8 +32,8 @@ def _new_like(old: nn.Module, out: int) -> nn.Module:
 def set_class_count(model: nn.Module, nc: int) -> int:
     """Give ``model``'s head ``nc`` classes: rebuild its class-output layers; returns how many were rebuilt.
 
-    Detect-type heads (detect, segment, pose, obb; YOLO26's one-to-one copy too) get new last convs of ``cv3`` with the
-    class bias prior of ``Detect.bias_init`` (box convs and the rest keep their trained weights); Classify gets a new
+    Detect-type heads (detect, segment, pose, obb; YOLO26's one-to-one copy and YOLO26-seg's semantic head too) get new
+    last convs of ``cv3`` with the class bias prior of ``Detect.bias_init`` (box convs and the rest keep their trained weights); Classify gets a new
     ``linear``. The loss criterion is dropped so it is rebuilt for the new class count.
     """
     head = model.model[-1]
@@ -54,6 +54,10 @@ def set_class_count(model: nn.Module, nc: int) -> int:
             for seq, new in zip(o2o, fresh):
                 seq[-1] = copy.deepcopy(new)
                 rebuilt += 1
+        semseg = getattr(getattr(head, "proto", None), "semseg", None)
+        if semseg is not None:  # YOLO26-seg's training-only semantic head predicts one map per class
+            semseg[-1] = _new_like(semseg[-1], nc)
+            rebuilt += 1
         head.nc = nc
         head.no = nc + head.reg_max * 4
     if isinstance(getattr(model, "yaml", None), dict):

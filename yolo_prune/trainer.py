@@ -67,7 +67,12 @@ class PruneTrainerMixin:
         return super().get_dataset()
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
-        """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load)."""
+        """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load).
+
+        A distillation checkpoint (a run's epoch{N}.pt or unstripped last.pt) starts from its student.
+        """
+        if weights is not None and is_distilling(weights):
+            weights = student_of(weights)
         if weights is None or not is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         nc = class_count(weights)
@@ -338,8 +343,11 @@ def trainer_batches(trainer, n: int):
 
 
 def trainer_loss(trainer):
-    """``batch -> scalar loss`` of the unwrapped model (no DDP gradient sync), under the trainer's autocast."""
-    model = unwrap_model(trainer.model)
+    """``batch -> scalar loss`` of the unwrapped model (no DDP gradient sync), under the trainer's autocast.
+
+    With distillation, the student's own loss: the ranking needs no teacher (and its feature hooks are off in a step).
+    """
+    model = student_of(trainer.model)
 
     def loss(batch):
         with torch.autocast(device_type=trainer.device.type, enabled=bool(trainer.amp)):
