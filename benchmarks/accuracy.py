@@ -315,6 +315,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="short,long", help="converged: fine-tuning budgets to run")
     ap.add_argument("--reductions", default="0.3,0.5", help="converged: GFLOPs fractions removed in B, B+KD, C, D")
     ap.add_argument("--dis", type=float, default=1.0, help="converged: distillation weight of row B+KD")
+    ap.add_argument("--remeasure", action="store_true", help="converged: time every kept run again, interleaved")
     a = ap.parse_args()
     import os
 
@@ -341,7 +342,11 @@ def main() -> None:
             for fam in families:
                 converged_base(fam, p, a.device, work)
             return
+        from accuracy_converged import remeasure
         from accuracy_converged import run as run_converged
+
+        if a.remeasure:  # on a quiet machine, after the runs: one interleaved timing of every model
+            remeasure(work, families, p)
 
         rows = "A,B,BKD,C,D,L" if a.rows == "A,B,C,D" else a.rows  # the profile's own default rows
         out.update(dis=a.dis)
