@@ -184,7 +184,7 @@ def format_table(result: dict, formats) -> str:
     lines = ["".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append(
         f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs each after 10 warm-up, base and pruned "
-        f"interleaved, {result['threads']} threads, {result['machine']}"
+        f"interleaved, {result['threads']} thread{'s' if result['threads'] != 1 else ''}, {result['machine']}"
     )
     return "\n".join(lines)
 
