@@ -12,6 +12,8 @@ import csv
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -122,7 +124,40 @@ def benchmark(
     formats = list(formats)
     if device != "cpu" and torch.cuda.is_available():
         formats = ["torch-cuda", *formats]
-    rows = {k: describe(w, formats, imgsz, data) for k, w in (("base", base), ("pruned", model))}
+    # exports go to a scratch folder, moved into the run folder at the end: Ultralytics writes them next to the .pt,
+    # which may be a read-only install (the shipped models) or the user's weights folder
+    scratch = Path(tempfile.mkdtemp(prefix="yolo-prune-benchmark-"))
+    try:
+        rows = {}
+        for k, w in (("base", base), ("pruned", model)):
+            local = scratch / k / Path(w).name
+            local.parent.mkdir()
+            shutil.copyfile(w, local)
+            rows[k] = {**describe(str(local), formats, imgsz, data), "model": str(w)}
+        result = _measure(rows, formats, imgsz, runs, device, threads)
+        save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for k, row in rows.items():
+            for fmt in formats:
+                if f"{fmt}_file" in row:
+                    dst = save_dir / k / Path(row[f"{fmt}_file"]).name
+                    dst.parent.mkdir(exist_ok=True)
+                    if dst.is_dir():  # exist_ok=True: a previous run's export
+                        shutil.rmtree(dst)
+                    else:
+                        dst.unlink(missing_ok=True)
+                    shutil.move(row[f"{fmt}_file"], dst)
+                    row[f"{fmt}_file"] = str(dst)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    write_results(result, formats, save_dir)
+    LOGGER.info(format_table(result, formats) + f"\nResults saved to {save_dir}")
+    result["save_dir"] = str(save_dir)
+    return result
+
+
+def _measure(rows: dict, formats, imgsz: int, runs: int, device: str, threads: int) -> dict[str, Any]:
+    """Time both models per format in alternation; the result dict with speed-ups and realizations."""
     for fmt in formats:
         if fmt == "torch-cuda":
             fns = {k: torch_cuda_runner(rows[k]["model"], imgsz, device) for k in rows}
@@ -147,10 +182,6 @@ def benchmark(
         "rows": rows,
         "summary": summary,
     }
-    save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
-    write_results(result, formats, save_dir)
-    LOGGER.info(format_table(result, formats) + f"\nResults saved to {save_dir}")
-    result["save_dir"] = str(save_dir)
     return result
 
 
