@@ -6,7 +6,7 @@ Per family, from the converged base (trained until val mAP50-95 gains < 0.005 ov
   BKD  B with distillation from the model before its first step (prune_distill=True, dis=--dis)
   C    one-shot L2 prune of the base, then E epochs of fine-tuning (seed 0 only)
   D    the same yaml at the smallest width with >= B's GFLOPs, from scratch for N + E epochs
-  L    prune_latency=0.5 (ONNX Runtime) with E epochs (seed 0 only)
+  L    prune_latency=<the profile's "latency", default 0.5> (ONNX Runtime, 1 thread) with E epochs (seed 0 only)
   AG, BG  A and B with a gentler fine-tuning recipe for a converged start (GENTLE: lower lr, no warmup; seed 0 only)
 E is each budget's share of N (short ~10%, long ~30%). A, B, BKD and D run with each seed; the table gives mean +/- std.
 Every run's result is kept in its run folder (row.json): a rerun skips finished runs, so a long benchmark can continue.
@@ -28,7 +28,7 @@ TITLES = {
     "BKD": "B+KD (prune_distill)",
     "C": "C one-shot L2 + fine-tune",
     "D": "D smaller width from scratch",
-    "L": "prune_latency=0.5",
+    "L": "prune_latency (profile's fraction)",
     "AG": "A, gentle recipe",
     "BG": "B, gentle recipe",
 }
@@ -89,7 +89,7 @@ def run_spec(
         yml, _ = width_yaml(family, p["scale"], (1 - red) * gflops, p["imgsz"], work / f"{name}.yaml")
         best, _ = train(YOLO(str(yml)), name, p, n + e, device, work, seed=seed)
     elif row == "L":
-        best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, prune_latency=0.5)
+        best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, prune_latency=p.get("latency", 0.5))
     else:
         raise ValueError(row)
     seconds = round(time.perf_counter() - t0, 1)

@@ -56,6 +56,10 @@ DISTILL_BOTH = (
     "prune_distill=True and distill_model= both name a teacher; accepted: prune_distill=True (the model before its "
     "first prune step) or distill_model=<teacher.pt>"
 )
+DISTILL_NO_TARGET = (
+    "prune_distill=True distills from the model as it was before its first prune step, so it needs prune= or "
+    "prune_latency=; accepted: add a target, or distill_model=<teacher.pt> to fine-tune with a teacher"
+)
 MAP_KEYS = ("metrics/mAP50-95(B)", "metrics/accuracy_top1")  # what the summary reports, per task (classify: top1)
 
 
@@ -118,11 +122,7 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
     distill = schedule.get("prune_distill", False)
     if not isinstance(distill, bool):
         raise PruneError(f"prune_distill={distill!r} is invalid; accepted: True or False")
-    if distill and cfg["prune"] is None and cfg["prune_latency"] is None:
-        raise PruneError(
-            "prune_distill=True distills from the model as it was before its first prune step, so it needs prune= or "
-            "prune_latency=; accepted: add a target, or distill_model=<teacher.pt> to fine-tune with a teacher"
-        )
+
     if cfg["prune_ratio"] is not None:
         raise PruneError(
             "prune_ratio is for one-shot 'yolo-prune prune'; accepted in training: prune=<GFLOPs fraction>"
@@ -167,6 +167,9 @@ class PruneCallbacks:
     # --- events ---------------------------------------------------------------------------------------------------
     def on_pretrain_routine_start(self, trainer) -> None:
         """Refuse a new schedule that cannot run, before data, model and loggers are set up."""
+        target = self.cfg["prune"] if self.cfg["prune"] is not None else self.cfg["prune_latency"]
+        if self.cfg["prune_distill"] and target is None and not trainer.resume:  # resume: the checkpoint's schedule
+            raise PruneError(DISTILL_NO_TARGET)
         if self.cfg["prune_distill"] and trainer.args.distill_model and not trainer.resume:
             raise PruneError(DISTILL_BOTH)
         if self.cfg["prune_distill"] and trainer.args.compile:  # as Ultralytics does for distill_model

@@ -136,7 +136,7 @@ def _train(overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils.files import get_latest_run
 
-    from .callbacks import DISTILL_BOTH, check_train_args
+    from .callbacks import DISTILL_BOTH, DISTILL_NO_TARGET, check_train_args
     from .checkpoint import load_model
     from .model import add_pruning
     from .schedule import check_patience, make_schedule
@@ -154,6 +154,8 @@ def _train(overrides: dict[str, Any]) -> None:
     target = cfg["prune"] if cfg["prune"] is not None else cfg["prune_latency"]
     if cfg["prune_distill"] and overrides.get("distill_model") and not resume:
         raise PruneError(DISTILL_BOTH)
+    if cfg["prune_distill"] and target is None and not resume:
+        raise PruneError(DISTILL_NO_TARGET)
     if target is not None and not resume:  # fail before any run folder is created
         epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
         schedule = make_schedule(target, epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
