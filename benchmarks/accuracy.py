@@ -341,6 +341,7 @@ def main() -> None:
     ap.add_argument("--reductions", default="0.3,0.5", help="converged: GFLOPs fractions removed in B, B+KD, C, D")
     ap.add_argument("--dis", type=float, default=1.0, help="converged: distillation weight of row B+KD")
     ap.add_argument("--remeasure", action="store_true", help="converged: time every kept run again, interleaved")
+    ap.add_argument("--report", action="store_true", help="converged: write the results of the kept runs, run none")
     a = ap.parse_args()
     import os
 
@@ -374,6 +375,7 @@ def main() -> None:
             remeasure(work, families, p)
 
         rows = "A,B,BKD,C,D,L" if a.rows == "A,B,C,D" else a.rows  # the profile's own default rows
+        rows = "" if a.report else rows
         out.update(dis=a.dis)
         run_converged(families, rows.split(","), p, a.device, work, a.seeds or p["seeds"], a.budgets.split(","),
                       [float(x) for x in a.reductions.split(",")], a.dis, f"accuracy_{a.profile}{a.tag}", out)  # fmt: skip

@@ -228,7 +228,7 @@ def run(families: list[str], rows: list[str], p: dict, device: str, work: Path, 
             bases[fam]["onnx_ms"] = float(ms.read_text())
     for fam in families:
         base = work / f"{fam}_base" / "weights" / "best.pt"
-        for spec in specs(rows, reductions, budgets, seeds):
+        for spec in specs([r for r in rows if r], reductions, budgets, seeds):
             run_spec(spec, fam, base, bases[fam], p, device, work, dis)
             out["wall_s"] = round(time.perf_counter() - t0, 1)
             write(name, kept_runs(work, bases), bases, out)
