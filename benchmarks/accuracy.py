@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import time
 from pathlib import Path
 
-from results_io import RESULTS, header, save
+from results_io import RESULTS, header, save, save_csv
 
 PROFILES = {
     # nbs = batch: Ultralytics' nbs=64 would accumulate 4 batches and leave ~16 optimizer steps per epoch here
@@ -281,12 +279,7 @@ def write(name: str, rows: list[dict], out: dict) -> None:
     import matplotlib.pyplot as plt
 
     cols = ["family", "row", "params", "gflops", "map50", "map50_95", "onnx_ms", "train_s"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.csv").write_text(buf.getvalue())
+    save_csv(name, rows, cols)
     pr = out["profile"]
     body = [
         f"Profile: {pr['scale']} models, data {pr['data']}, imgsz {pr['imgsz']}, E={pr['epochs']} (A0 = E epochs from "

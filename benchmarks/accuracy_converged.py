@@ -151,24 +151,17 @@ def verdicts(table: list[dict], bases: dict) -> list[str]:
 
 def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
     """JSON, Markdown (results_io.save), CSV and the mAP50-95 vs ONNX Runtime latency chart."""
-    import csv
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from results_io import RESULTS, save
+    from results_io import RESULTS, save, save_csv
 
     table = aggregate(runs)
     cols = ["family", "row", "reduction", "budget", "epochs", "seeds", "params", "gflops", "map50", "map50_95",
             "map50_95_std", "onnx_ms", "train_s"]  # fmt: skip
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.csv").write_text(buf.getvalue())
+    save_csv(name, table, cols)
     p = out["profile"]
     body = [
         "Bases: "

@@ -32,3 +32,16 @@ def save(name: str, out: dict, body: list[str]) -> None:
     md = [f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}", "", *body]
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+def save_csv(name: str, rows: list[dict], cols: list[str]) -> None:
+    """Write results/<name>.csv with ``cols`` (other keys of the rows are left out)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.csv").write_text(buf.getvalue())
