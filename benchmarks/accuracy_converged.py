@@ -8,6 +8,7 @@ Per family, from the converged base (trained until val mAP50-95 gains < 0.005 ov
   D    the same yaml at the smallest width with >= B's GFLOPs, from scratch for N + E epochs
   L    prune_latency=<the profile's "latency", default 0.5> (ONNX Runtime, 1 thread) with E epochs (seed 0 only)
   AG, BG  A and B with a gentler fine-tuning recipe for a converged start (GENTLE: lower lr, no warmup; seed 0 only)
+  BT, BLG B with the Taylor criterion / LAMP with global ranking (seed 0 only)
 E is each budget's share of N (short ~10%, long ~30%). A, B, BKD and D run with each seed; the table gives mean +/- std.
 Every run's result is kept in its run folder (row.json): a rerun skips finished runs, so a long benchmark can continue.
 """
@@ -22,6 +23,12 @@ from pathlib import Path
 SEEDED = ("A", "B", "BKD", "D")
 # a converged base restarted at the lr it started from dips for its first epochs: does a gentler restart recover more?
 GENTLE = {"optimizer": "AdamW", "lr0": 0.0002, "warmup_epochs": 0}  # the bases' auto choice: AdamW, lr 0.001
+# row B with other keys (seed 0 only): the recipe levers measured on the converged base
+VARIANTS = {
+    "BG": GENTLE,
+    "BT": {"prune_method": "taylor"},
+    "BLG": {"prune_method": "lamp", "prune_global": True},
+}
 TITLES = {
     "A": "A unpruned, trained on",
     "B": "B default recipe",
@@ -31,6 +38,8 @@ TITLES = {
     "L": "prune_latency (profile's fraction)",
     "AG": "A, gentle recipe",
     "BG": "B, gentle recipe",
+    "BT": "B, Taylor criterion",
+    "BLG": "B, LAMP global ranking",
 }
 
 
@@ -76,8 +85,8 @@ def run_spec(
     t0 = time.perf_counter()
     if row in ("A", "AG"):
         best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, **(GENTLE if row == "AG" else {}))
-    elif row in ("B", "BKD", "BG"):
-        extra = {"prune_distill": True, "dis": dis} if row == "BKD" else GENTLE if row == "BG" else {}
+    elif row in ("B", "BKD", *VARIANTS):
+        extra = {"prune_distill": True, "dis": dis} if row == "BKD" else VARIANTS.get(row, {})
         best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, prune=red, **extra)
     elif row == "C":
         net = YOLO(str(base)).model
