@@ -32,7 +32,7 @@ VARIANTS = {
 TITLES = {
     "A": "A unpruned, trained on",
     "B": "B default recipe",
-    "BKD": "B+KD (prune_distill)",
+    "BKD": "B+KD",
     "C": "C one-shot L2 + fine-tune",
     "D": "D smaller width from scratch",
     "L": "prune_latency (profile's fraction)",
@@ -103,6 +103,7 @@ def run_spec(
         raise ValueError(row)
     seconds = round(time.perf_counter() - t0, 1)
     out = {**spec, "family": family, "epochs": e if row != "D" else n + e, "name": name, "train_s": seconds}
+    out["dis"] = dis if row == "BKD" else None
     out.update(evaluate(best, p, device))
     out["curve"] = curve(work / name)
     kept.write_text(json.dumps(out, indent=2))
@@ -113,17 +114,23 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def title(r: dict) -> str:
+    """The row's title in tables and verdicts (B+KD with its distillation weight)."""
+    return TITLES[r["row"]] + (f" (prune_distill, dis={r['dis']:g})" if r.get("dis") is not None else "")
+
+
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (family, row, reduction, budget): means (and std of mAP) over seeds."""
+    """One row per (family, row, reduction, budget, dis): means (and std of mAP) over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["family"], r["row"], r["reduction"], r["budget"]), []).append(r)
+        groups.setdefault((r["family"], r["row"], r["reduction"], r["budget"], r.get("dis")), []).append(r)
     out = []
-    for (fam, row, red, budget), rs in groups.items():
+    for (fam, row, red, budget, dis), rs in groups.items():
         m, s = _stats([r["map50_95"] for r in rs])
         out.append({
-            "family": fam, "row": row, "reduction": red, "budget": budget, "epochs": rs[0]["epochs"], "seeds": len(rs),
-            "params": rs[0]["params"], "gflops": rs[0]["gflops"], "map50": round(_stats([r["map50"] for r in rs])[0], 4),
+            "family": fam, "row": row, "reduction": red, "budget": budget, "dis": dis, "epochs": rs[0]["epochs"],
+            "seeds": len(rs), "params": rs[0]["params"], "gflops": rs[0]["gflops"],
+            "map50": round(_stats([r["map50"] for r in rs])[0], 4),
             "map50_95": round(m, 4), "map50_95_std": round(s, 4),
             "onnx_ms": round(statistics.mean(r["onnx_ms"] for r in rs), 2),
             "train_s": round(statistics.mean(r["train_s"] for r in rs), 1),
@@ -138,11 +145,12 @@ def verdicts(table: list[dict], bases: dict) -> list[str]:
     lines = []
     for fam in bases:
         for budget in sorted({r["budget"] for r in table if r["family"] == fam}):
-            rows = {(r["row"], r["reduction"]): r for r in table if r["family"] == fam and r["budget"] == budget}
-            a = rows.get(("A", None))  # the reference is A with the same recipe as B
+            rows = [r for r in table if r["family"] == fam and r["budget"] == budget]
+            a = next((r for r in rows if r["row"] == "A"), None)  # the reference is A with the same recipe as B
             for red, ref, need in ((0.3, "A", -0.005), (0.5, "D", 0.010)):
-                cands = [rows[(k, red)] for k in ("B", "BKD") if (k, red) in rows]
-                other = a if ref == "A" else rows.get(("D", red))
+                cands = [r for r in rows if r["row"] in ("B", "BKD") and r["reduction"] == red]
+                d = [r for r in table if r["family"] == fam and r["row"] == "D" and r["reduction"] == red]
+                other = a if ref == "A" else (d[0] if d else None)  # D has one budget: the base's epochs + short
                 if not cands or other is None:
                     lines.append(f"- {fam}, {budget} budget, -{red:.0%}: not measured (rows missing)")
                     continue
@@ -151,7 +159,7 @@ def verdicts(table: list[dict], bases: dict) -> list[str]:
                 ok = gap >= need
                 lines.append(
                     f"- {fam}, {budget} budget ({best['epochs']} epochs), -{red:.0%} GFLOPs: best of B/B+KD is "
-                    f"{TITLES[best['row']]} {best['map50_95']:.4f} vs {ref} {other['map50_95']:.4f} "
+                    f"{title(best)} {best['map50_95']:.4f} vs {ref} ({other['epochs']} epochs) {other['map50_95']:.4f} "
                     f"({gap:+.4f}; target {'>= ' if need > 0 else 'within '}{abs(need):.3f}): "
                     f"**{'met' if ok else 'not met'}** (seeds {best['seeds']}/{other['seeds']})"
                 )
@@ -168,7 +176,7 @@ def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
     from results_io import RESULTS, save, save_csv
 
     table = aggregate(runs)
-    cols = ["family", "row", "reduction", "budget", "epochs", "seeds", "params", "gflops", "map50", "map50_95",
+    cols = ["family", "row", "reduction", "budget", "dis", "epochs", "seeds", "params", "gflops", "map50", "map50_95",
             "map50_95_std", "onnx_ms", "train_s"]  # fmt: skip
     save_csv(name, table, cols)
     p = out["profile"]
@@ -179,15 +187,18 @@ def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
         f"data {p['data']}, imgsz {p['imgsz']}, batch {p['batch']}, nbs {p['nbs']}. Budgets: "
         + ", ".join(f"{k} {v:.0%} of the base's epochs" for k, v in p["budgets"].items())
         + f". ONNX Runtime latency: batch 1, imgsz {p['imgsz']}, 1 thread, median of {p['runs']} runs. "
-        f"B+KD: prune_distill=True, dis={out['dis']:g}. mAP50-95 is mean +/- std over the seeds run.",
+        "B+KD: prune_distill=True with the dis given. mAP50-95 is mean +/- std over the seeds run.",
         "",
         "| family | row | GFLOPs cut | budget (epochs) | seeds | params | GFLOPs@640 | mAP50-95 | mAP50 | ONNX RT ms | mAP50-95 first 3 epochs (seed 0) |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
-    for r in sorted(table, key=lambda r: (r["family"], r["budget"], r["reduction"] or 0, list(TITLES).index(r["row"]))):
+    for r in sorted(
+        table,
+        key=lambda r: (r["family"], r["budget"], r["reduction"] or 0, list(TITLES).index(r["row"]), r["dis"] or 0),
+    ):
         red = "" if r["reduction"] is None else f"{r['reduction']:.0%}"
         body.append(
-            f"| {r['family']} | {TITLES[r['row']]} | {red} | {r['budget']} ({r['epochs']}) | {r['seeds']} | "
+            f"| {r['family']} | {title(r)} | {red} | {r['budget']} ({r['epochs']}) | {r['seeds']} | "
             f"{r['params']:,} | {r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | {r['map50']:.4f} "
             f"| {r['onnx_ms']:.2f} | {', '.join(f'{x:.3f}' for x in r['first_epochs'])} |"
         )
@@ -198,7 +209,7 @@ def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
     for ax, fam in zip(axes[0], bases):
         for r in (r for r in table if r["family"] == fam):
             cut = "" if r["reduction"] is None else f" -{r['reduction']:.0%}"
-            label = f"{r['row']}{cut} {r['budget']}"
+            label = f"{r['row']}{cut} {r['budget']}" + (f" dis={r['dis']:g}" if r["dis"] is not None else "")
             ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="o", capsize=3)
             ax.annotate(label, (r["onnx_ms"], r["map50_95"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax.axhline(bases[fam]["best_map50_95"], ls="--", c="gray", lw=0.8, label="converged base")
@@ -240,6 +251,8 @@ def run(families: list[str], rows: list[str], p: dict, device: str, work: Path, 
 def kept_runs(work: Path, bases: dict) -> list[dict]:
     """Every finished run in the work folder (also those of other processes running rows side by side)."""
     runs = [json.loads(f.read_text()) for f in sorted(work.glob("*/row.json"))]
+    for r in runs:  # runs kept before "dis" was recorded: their name has it
+        r.setdefault("dis", float(r["name"].rsplit("_dis", 1)[1]) if "_dis" in r["name"] else None)
     return [r for r in runs if r["family"] in bases]
 
 
