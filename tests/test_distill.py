@@ -173,3 +173,30 @@ def test_prune_distill_with_gradient_criteria_and_sparse_modes(tmp_path, tiny_da
     m.train(data=tiny_data, epochs=2, project=str(tmp_path), name="k", **TRAIN)
     state = YOLO(str(tmp_path / "k" / "weights" / "best.pt")).model.prune_state
     assert [h["step"] for h in state["history"]] == [1] and float(_rows(tmp_path / "k")[-1]["train/dis_loss"]) > 0
+
+
+def test_new_class_count_when_one2one_head_is_pruned_apart():
+    """A global plan can leave YOLO26's one-to-one class branch wider than cv3: each gets a class conv of its own
+    input width, and both forwards run with 4 classes."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_prune.heads import set_class_count
+
+    torch.manual_seed(0)
+    m = DetectionModel("yolo26n.yaml", nc=80, verbose=False)
+    with torch.no_grad():  # small one2one weights: the global ranking prunes that branch harder than cv3
+        for p in m.model[-1].one2one_cv3.parameters():
+            if p.ndim == 4:
+                p.mul_(0.02)
+    prune_model(m, prune=0.5, imgsz=128, method="l2", global_rank=True)
+    head = m.model[-1]
+    widths = [(a[-1].in_channels, b[-1].in_channels) for a, b in zip(head.cv3, head.one2one_cv3)]
+    assert any(a != b for a, b in widths)  # the case this test is about
+    assert set_class_count(m, 4) == 6
+    assert [(a[-1].in_channels, b[-1].in_channels) for a, b in zip(head.cv3, head.one2one_cv3)] == widths
+    m.eval()
+    out = m(torch.zeros(1, 3, 64, 64))
+    assert out[0].shape[1] == 4 + 4  # (B, 4 box + 4 classes, anchors)
+    m.train()
+    preds = m(torch.zeros(1, 3, 64, 64))
+    assert preds["one2one"]["scores"].shape[1] == preds["one2many"]["scores"].shape[1] == 4

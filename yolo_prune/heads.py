@@ -29,12 +29,21 @@ def _new_like(old: nn.Module, out: int) -> nn.Module:
     return new.to(device=old.weight.device, dtype=old.weight.dtype)
 
 
+def _new_class_conv(old: nn.Conv2d, nc: int, stride: float) -> nn.Conv2d:
+    """A class-output conv like ``old`` with ``nc`` outputs and the class prior of ``Detect.bias_init`` (.01 objects
+    per 640 px image)."""
+    new = _new_like(old, nc)
+    if new.bias is not None:
+        new.bias.data[:] = math.log(5 / nc / (640 / stride) ** 2)
+    return new
+
+
 def set_class_count(model: nn.Module, nc: int) -> int:
     """Give ``model``'s head ``nc`` classes: rebuild its class-output layers; returns how many were rebuilt.
 
     Detect-type heads (detect, segment, pose, obb; YOLO26's one-to-one copy and YOLO26-seg's semantic head too) get new
-    last convs of ``cv3`` with the class bias prior of ``Detect.bias_init`` (box convs and the rest keep their trained weights); Classify gets a new
-    ``linear``. The loss criterion is dropped so it is rebuilt for the new class count.
+    last convs of ``cv3`` with the class bias prior of ``Detect.bias_init`` (box convs and the rest keep their trained
+    weights); Classify gets a new ``linear``. The loss criterion is dropped so it is rebuilt for the new class count.
     """
     head = model.model[-1]
     rebuilt = 0
@@ -44,15 +53,14 @@ def set_class_count(model: nn.Module, nc: int) -> int:
     else:
         fresh = []
         for i, seq in enumerate(head.cv3):
-            seq[-1] = _new_like(seq[-1], nc)
-            if seq[-1].bias is not None:  # cls prior: .01 objects per 640 px image, as Detect.bias_init
-                seq[-1].bias.data[:] = math.log(5 / nc / (640 / float(head.stride[i])) ** 2)
+            seq[-1] = _new_class_conv(seq[-1], nc, float(head.stride[i]))
             fresh.append(seq[-1])
             rebuilt += 1
         o2o = getattr(head, "one2one_cv3", None)
-        if o2o is not None:  # Ultralytics builds one2one_cv3 as a copy of cv3
-            for seq, new in zip(o2o, fresh):
-                seq[-1] = copy.deepcopy(new)
+        if o2o is not None:  # Ultralytics builds one2one_cv3 as a copy of cv3: the same start where widths allow
+            for i, (seq, new) in enumerate(zip(o2o, fresh)):
+                same = seq[-1].in_channels == new.in_channels  # a global or latency plan may prune them apart
+                seq[-1] = copy.deepcopy(new) if same else _new_class_conv(seq[-1], nc, float(head.stride[i]))
                 rebuilt += 1
         semseg = getattr(getattr(head, "proto", None), "semseg", None)
         if semseg is not None:  # YOLO26-seg's training-only semantic head predicts one map per class
