@@ -200,3 +200,21 @@ def test_new_class_count_when_one2one_head_is_pruned_apart():
     m.train()
     preds = m(torch.zeros(1, 3, 64, 64))
     assert preds["one2one"]["scores"].shape[1] == preds["one2many"]["scores"].shape[1] == 4
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_prune_distill_turns_compile_off_on_every_rank(tmp_path, monkeypatch, distill):
+    """In DDP, on_pretrain_routine_start runs on rank 0 only: the trainer itself turns compile off for
+    prune_distill, as Ultralytics does for distill_model on every rank (simulated: that callback does nothing)."""
+    from ultralytics.utils import callbacks
+
+    from yolo_prune.callbacks import PruneCallbacks
+    from yolo_prune.trainer import PruneDetectionTrainer
+
+    monkeypatch.setattr(PruneCallbacks, "on_pretrain_routine_start", lambda self, trainer: None)
+    cbs = callbacks.get_default_callbacks()
+    for event, fn in PruneCallbacks(prune=0.3, prune_distill=distill).callbacks.items():
+        cbs[event].append(fn)
+    args = {"model": "yolo11n.yaml", "data": "shapes-8", "compile": True, "project": str(tmp_path), **TRAIN}
+    trainer = PruneDetectionTrainer(overrides=args, _callbacks=cbs)
+    assert trainer.args.compile is (not distill)

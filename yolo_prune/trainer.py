@@ -61,6 +61,22 @@ def is_pruned(model: nn.Module) -> bool:
 class PruneTrainerMixin:
     """What every task's pruning trainer adds: built-in data names resolved for its task, pruned models kept as is."""
 
+    def __init__(self, *args, **kwargs):
+        """The stock trainer, with ``compile`` off when ``prune_distill`` will wrap the model for distillation.
+
+        Ultralytics turns compile off for ``distill_model`` in ``_setup_train`` on every rank; ``prune_distill`` wraps
+        the model later, so it is turned off here, where every DDP rank (and the launcher, whose args the workers get)
+        passes: a callback would run on rank 0 only and leave the ranks compiling differently.
+        """
+        super().__init__(*args, **kwargs)
+        from .callbacks import PruneCallbacks  # callbacks imports this module
+
+        owners = {getattr(fn, "__self__", None) for fns in self.callbacks.values() for fn in fns}
+        distill = any(isinstance(o, PruneCallbacks) and o.cfg["prune_distill"] for o in owners)
+        if distill and self.args.compile:
+            LOGGER.warning("'compile' is not supported with knowledge distillation and will be disabled.")
+            self.args.compile = False
+
     def get_dataset(self):
         """Resolve built-in dataset names (``shapes`` follows the task: ``shapes-seg`` for segment) first."""
         self.args.data = resolve_data(self.args.data, self.args.task)
