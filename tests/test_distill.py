@@ -60,7 +60,12 @@ def test_prune_distill_two_steps_resume_and_student_only_export(tmp_path, tiny_d
     assert [h["step"] for h in state["history"]] == [1, 2]
     assert float(_rows(tmp_path / "d")[-1]["train/dis_loss"]) > 0
 
-    # a distillation checkpoint (epoch{N}.pt holds the wrapper) as a new start trains its pruned student
+    # a distillation checkpoint (epoch{N}.pt holds the wrapper) loads as its student for prune / export / benchmark
+    from yolo_prune.checkpoint import load_model
+    from yolo_prune.graph import check_supported
+
+    check_supported(load_model(w / "epoch2.pt").model)
+    # ... and as a new start trains its pruned student
     add_pruning(YOLO(str(w / "epoch2.pt"))).train(data=tiny_data, epochs=1, project=str(tmp_path), name="n", **TRAIN)
     assert model_info(YOLO(str(tmp_path / "n" / "weights" / "best.pt")).model, 640)["gflops"] < 0.53 * 6.505
 
@@ -92,7 +97,15 @@ def test_prune_distill_refusals(tmp_path):
     r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2", "prune_distill=True",
                 f"project={tmp_path}", "name=d", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 2 and "prune_distill=True" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train", "model=yolo11n-cls.yaml", "data=shapes-cls-8", "epochs=2", "prune=0.3", "prune_distill=True",
+                f"project={tmp_path}", "name=d", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and "got task classify" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "d").exists()
+    # resuming a distillation run whose teacher file is gone: one line, not a download attempt
+    gone = str(tmp_path / "gone" / "teacher.pt")
+    last = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "last.pt", {"task": "detect", "distill_model": gone})
+    r = run_cli("train", f"resume={last}", cwd=tmp_path)
+    assert r.returncode == 2 and "distill_model:" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def _four_classes(name: str, dst: Path) -> str:
@@ -218,3 +231,16 @@ def test_prune_distill_turns_compile_off_on_every_rank(tmp_path, monkeypatch, di
     args = {"model": "yolo11n.yaml", "data": "shapes-8", "compile": True, "project": str(tmp_path), **TRAIN}
     trainer = PruneDetectionTrainer(overrides=args, _callbacks=cbs)
     assert trainer.args.compile is (not distill)
+
+
+def test_shipped_models_resolve_by_name_for_model_and_distill_model(tmp_path):
+    """model= and distill_model= take a shipped model's name from any folder (Ultralytics would try a download)."""
+    from yolo_prune.assets import ASSETS
+
+    r = run_cli("train", "model=yolo11n-shapes.pt", "distill_model=yolo11n-shapes.pt", "data=shapes-8", "epochs=1",
+                "imgsz=64", "batch=4", "workers=0", "plots=False", "val=False", f"project={tmp_path}", "name=s",
+                cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    args = yaml.safe_load((tmp_path / "s" / "args.yaml").read_text())
+    assert args["model"] == args["distill_model"] == str(ASSETS / "yolo11n-shapes.pt")
+    assert float(_rows(tmp_path / "s")[0]["train/dis_loss"]) > 0

@@ -56,6 +56,10 @@ DISTILL_BOTH = (
     "prune_distill=True and distill_model= both name a teacher; accepted: prune_distill=True (the model before its "
     "first prune step) or distill_model=<teacher.pt>"
 )
+DISTILL_TASK = (
+    "prune_distill=True needs a detection head (detect, segment, pose, obb; Ultralytics distills their neck "
+    "features); got task {task}"
+)
 DISTILL_NO_TARGET = (
     "prune_distill=True distills from the model as it was before its first prune step, so it needs prune= or "
     "prune_latency=; accepted: add a target, or distill_model=<teacher.pt> to fine-tune with a teacher"
@@ -201,10 +205,7 @@ class PruneCallbacks:
             if self.cfg["prune_distill"] and trainer.args.distill_model:
                 raise PruneError(DISTILL_BOTH)  # the Python path: on_pretrain_routine_start runs only without DDP
             if self.cfg["prune_distill"] and not hasattr(model.model[-1], "cv2"):
-                raise PruneError(
-                    f"prune_distill=True needs a detection head (detect, segment, pose, obb; Ultralytics distills "
-                    f"their neck features); got task {trainer.args.task}"
-                )
+                raise PruneError(DISTILL_TASK.format(task=trainer.args.task))
             check_supported(model)
             info = model_info(model, FLOPS_IMGSZ)
             target = self.cfg["prune"] if self.cfg["prune"] is not None else self.cfg["prune_latency"]

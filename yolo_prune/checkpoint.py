@@ -26,7 +26,7 @@ def load_model(model: str | Path) -> YOLO:
     if suffix == ".pt" and not Path(model).is_file():  # Ultralytics would try to download it
         raise PruneError(f"model: file '{model}' not found; accepted: an existing local .pt checkpoint")
     try:
-        return YOLO(model)
+        yolo = YOLO(model)
     except NotImplementedError:  # e.g. RT-DETR yamls: YOLO() has no task map for them
         raise PruneError(f"model: '{model}' is not supported; supported: {SUPPORTED_MODELS}") from None
     except FileNotFoundError:
@@ -39,6 +39,10 @@ def load_model(model: str | Path) -> YOLO:
             f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}); "
             f"accepted: a {kind} written by Ultralytics or yolo-prune"
         ) from e
+    from .distill import student_of  # a distillation run's epoch{N}.pt or unstripped last.pt holds the wrapper
+
+    yolo.model = student_of(yolo.model)
+    return yolo
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

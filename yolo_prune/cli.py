@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
@@ -29,6 +30,7 @@ BENCHMARK_KEYS = {
     "name": "exp",
     "exist_ok": False,
 }
+MODEL_KEYS = ("model", "base", "distill_model")  # keys that name a model file
 TRAIN_PLUGIN_KEYS = (*PRUNE_DEFAULTS, "prune_steps", "prune_start", "prune_end", "prune_distill")
 PRUNE_KEYS = {
     "model": None,
@@ -136,7 +138,7 @@ def _train(overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils.files import get_latest_run
 
-    from .callbacks import DISTILL_BOTH, DISTILL_NO_TARGET, check_train_args
+    from .callbacks import DISTILL_BOTH, DISTILL_NO_TARGET, DISTILL_TASK, check_train_args
     from .checkpoint import load_model
     from .model import add_pruning
     from .schedule import check_patience, make_schedule
@@ -162,6 +164,14 @@ def _train(overrides: dict[str, Any]) -> None:
         patience = overrides.get("patience", DEFAULT_CFG_DICT["patience"])
         check_patience(patience, schedule.epochs, val=overrides.get("val", DEFAULT_CFG_DICT["val"]))
     yolo = load_model(model)
+    if cfg["prune_distill"] and not resume and yolo.task == "classify":
+        raise PruneError(DISTILL_TASK.format(task=yolo.task))
+    teacher = (yolo.ckpt or {}).get("train_args", {}).get("distill_model") if resume else None
+    if teacher and not Path(teacher).is_file():  # Ultralytics would try to download it
+        raise PruneError(
+            f"distill_model: the teacher this run resumes with, '{teacher}', is not found; accepted: the teacher "
+            f"back at that path (prune_distill keeps its teacher as weights/teacher.pt beside last.pt)"
+        )
     add_pruning(yolo, **plugin)
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
 
@@ -239,10 +249,10 @@ def entrypoint(argv: list[str] | None = None) -> int:
             print(HELP if argv[:1] != ["version"] else __version__)  # no torch / Ultralytics import for these
             return 0
         mode, overrides = parse_args(argv)
-        if overrides.get("model") or overrides.get("base"):
+        if any(overrides.get(k) for k in MODEL_KEYS):
             from .assets import resolve_model
 
-            for key in ("model", "base"):  # shipped models by name: model=yolo11n-shapes.pt
+            for key in MODEL_KEYS:  # shipped models by name: model=yolo11n-shapes.pt
                 if key in overrides:
                     overrides[key] = resolve_model(overrides[key])
         if mode in (None, "help"):
