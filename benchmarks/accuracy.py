@@ -182,6 +182,9 @@ class Plateau:
         self.window, self.tol, self.curve = window, tol, []
 
     def __call__(self, trainer) -> None:  # on_fit_epoch_end
+        if getattr(self, "epoch", None) == trainer.epoch:  # the final validation of best.pt fires it once more
+            return
+        self.epoch = trainer.epoch
         self.curve.append(round(float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)), 4))
         c, w = self.curve, self.window
         if len(c) > 2 * w and max(c[-w:]) - max(c[:-w]) < self.tol:

@@ -150,7 +150,8 @@ def verdicts(table: list[dict], bases: dict) -> list[str]:
             for red, ref, need in ((0.3, "A", -0.005), (0.5, "D", 0.010)):
                 cands = [r for r in rows if r["row"] in ("B", "BKD") and r["reduction"] == red]
                 d = [r for r in table if r["family"] == fam and r["row"] == "D" and r["reduction"] == red]
-                other = a if ref == "A" else (d[0] if d else None)  # D has one budget: the base's epochs + short
+                d.sort(key=lambda r: r["budget"] != budget)  # D of this budget if run, else D of another budget
+                other = a if ref == "A" else (d[0] if d else None)
                 if not cands or other is None:
                     lines.append(f"- {fam}, {budget} budget, -{red:.0%}: not measured (rows missing)")
                     continue
@@ -182,7 +183,7 @@ def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
     p = out["profile"]
     body = [
         "Bases: "
-        + ", ".join(f"{f} {b['epochs']} epochs to plateau (val mAP50-95 {b['best_map50_95']:.4f})" for f, b in bases.items())
+        + ", ".join(f"{f} {b['trained_epochs']} epochs to plateau (val mAP50-95 {b['best_map50_95']:.4f})" for f, b in bases.items())
         + "; "
         f"data {p['data']}, imgsz {p['imgsz']}, batch {p['batch']}, nbs {p['nbs']}. Budgets: "
         + ", ".join(f"{k} {v:.0%} of the base's epochs" for k, v in p["budgets"].items())
@@ -236,6 +237,10 @@ def run(families: list[str], rows: list[str], p: dict, device: str, work: Path, 
         base, _ = converged_base(fam, p, device, work)
         bases[fam] = json.loads((base.parent.parent / "base.json").read_text())
         bases[fam].pop("curve", None)
+        # epochs the base trained (results.csv): bases made before the Plateau fix counted best.pt's final validation
+        # as one more epoch in "epochs", which still sizes the budgets so that kept runs stay comparable
+        with open(base.parent.parent / "results.csv") as f:
+            bases[fam]["trained_epochs"] = sum(1 for _ in f) - 1
         ms = base.parent.parent / "onnx_ms.txt"  # written by --remeasure
         if ms.exists():
             bases[fam]["onnx_ms"] = float(ms.read_text())
