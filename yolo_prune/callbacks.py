@@ -430,14 +430,14 @@ class PruneCallbacks:
         def score(v) -> str:
             return f"{v:>10.4f}" if isinstance(v, (int, float)) else f"{'':>10}"
 
-        lines = [f"{'':>6}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{metric:>10}{'seconds':>9}"]
+        lines = [f"{'':>8}{'epoch':>7}{'params':>12}{'GFLOPs':>9}{col:>11}{metric:>10}{'seconds':>9}"]
         lines.append(
-            f"{'before':>6}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{score(before)}{'':>9}"
+            f"{'before':>8}{'':>7}{st['base']['params']:>12,}{st['base']['gflops']:>9.2f}{0:>11.1%}{score(before)}{'':>9}"
         )
         for h in st["history"]:
             red = h["sparsity"] if "sparsity" in h else 1 - h["gflops"] / st["base"]["gflops"]
             lines.append(
-                f"{'step ' + str(h['step']):>6}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}"
+                f"{'step ' + str(h['step']):>8}{h['epoch'] + 1:>7}{h['params']:>12,}{h['gflops']:>9.2f}{red:>11.1%}"
                 f"{'':>10}{h['seconds']:>9.1f}"
             )
         red = (
@@ -446,10 +446,11 @@ class PruneCallbacks:
             else 1 - now["gflops"] / st["base"]["gflops"]
         )
         lines.append(
-            f"{'after':>6}{trainer.epoch + 1:>7}{now['params']:>12,}{now['gflops']:>9.2f}{red:>11.1%}{score(end)}{'':>9}"
+            f"{'after':>8}{trainer.epoch + 1:>7}{now['params']:>12,}{now['gflops']:>9.2f}{red:>11.1%}{score(end)}{'':>9}"
         )
         lines.append(
-            f"{metric} before: the model just before step 1; after: {trainer.best.name}'s final validation"
+            f"{metric} before: the model just before step 1; after: "
+            + (f"{trainer.best.name}'s final validation" if trainer.best.exists() else "the last epoch's validation")
             if end is not None
             else f"{metric} before: the model just before step 1"
         )
