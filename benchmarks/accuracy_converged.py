@@ -7,8 +7,8 @@ Per family, from the converged base (trained until val mAP50-95 gains < 0.005 ov
   C    one-shot L2 prune of the base, then E epochs of fine-tuning (seed 0 only)
   D    the same yaml at the smallest width with >= B's GFLOPs, from scratch for N + E epochs
   L    prune_latency=<the profile's "latency", default 0.5> (ONNX Runtime, 1 thread) with E epochs (seed 0 only)
-  AG, BG  A and B with a gentler fine-tuning recipe for a converged start (GENTLE: lower lr, no warmup; seed 0 only)
-  BT, BLG B with the Taylor criterion / LAMP with global ranking (seed 0 only)
+  AG, BG  A and B with a gentler fine-tuning recipe for a converged start (GENTLE: lower lr, no warmup; AG seed 0 only)
+  BT, BLG B with the Taylor criterion / LAMP with global ranking (BG, BT, BLG: with seeds only when named in --rows)
 E is each budget's share of N (short ~10%, long ~30%). A, B, BKD and D run with each seed; the table gives mean +/- std.
 Every run's result is kept in its run folder (row.json): a rerun skips finished runs, so a long benchmark can continue.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 SEEDED = ("A", "B", "BKD", "D")
 # a converged base restarted at the lr it started from dips for its first epochs: does a gentler restart recover more?
 GENTLE = {"optimizer": "AdamW", "lr0": 0.0002, "warmup_epochs": 0}  # the bases' auto choice: AdamW, lr 0.001
-# row B with other keys (seed 0 only): the recipe levers measured on the converged base
+# row B with other keys (seeds when asked: --rows BLG --seeds 3): the recipe levers measured on the converged base
 VARIANTS = {
     "BG": GENTLE,
     "BT": {"prune_method": "taylor"},
@@ -50,7 +50,7 @@ def specs(rows: list[str], reductions: list[float], budgets: list[str], seeds: i
         for row in rows:
             reds = [None] if row in ("A", "AG", "L") else reductions
             for red in reds:
-                for seed in range(seeds if row in SEEDED else 1):
+                for seed in range(seeds if row in SEEDED or row in VARIANTS else 1):
                     out.append({"row": row, "reduction": red, "budget": budget, "seed": seed})
     return sorted(out, key=lambda s: (budgets.index(s["budget"]), s["seed"], s["row"] == "D"))
 
