@@ -37,6 +37,7 @@ def test_prune_distill_two_steps_resume_and_student_only_export(tmp_path, tiny_d
     rows = _rows(tmp_path / "d")
     dis = [float(r["train/dis_loss"]) for r in rows]
     assert dis[0] == 0 and all(d > 0 for d in dis[1:]), dis  # off before step 1, on from the step
+    assert sum("prune_distill with dis=6.0" in x and x.startswith("WARNING") for x in log_lines) == 1  # default dis
     base_params = 2_591_010  # yolo11n nc=6: the student alone, never the teacher's parameters added
     assert float(rows[0]["model/params_M"]) == pytest.approx(base_params / 1e6, rel=1e-4)
     assert float(rows[-1]["model/params_M"]) < 0.6 * base_params / 1e6
@@ -181,9 +182,10 @@ def test_prune_distill_refuses_classify(tmp_path):
 
 
 @pytest.mark.parametrize("keys", [{"prune_method": "taylor"}, {"prune_mode": "unstructured"}])
-def test_prune_distill_with_gradient_criteria_and_sparse_modes(tmp_path, tiny_data, keys):
+def test_prune_distill_with_gradient_criteria_and_sparse_modes(tmp_path, tiny_data, keys, log_lines):
     m = add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_steps=1, prune_start=1, prune_distill=True, **keys)
-    m.train(data=tiny_data, epochs=2, project=str(tmp_path), name="k", **TRAIN)
+    m.train(data=tiny_data, epochs=2, dis=1.0, project=str(tmp_path), name="k", **TRAIN)
+    assert not any("prune_distill with dis=" in x for x in log_lines)  # a chosen weight: no warning
     state = YOLO(str(tmp_path / "k" / "weights" / "best.pt")).model.prune_state
     assert [h["step"] for h in state["history"]] == [1] and float(_rows(tmp_path / "k")[-1]["train/dis_loss"]) > 0
 
