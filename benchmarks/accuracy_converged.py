@@ -144,7 +144,7 @@ def verdicts(table: list[dict], bases: dict) -> list[str]:
     -50% B or B+KD at least 0.010 above D."""
     lines = []
     for fam in bases:
-        for budget in sorted({r["budget"] for r in table if r["family"] == fam}):
+        for budget in sorted({r["budget"] for r in table if r["family"] == fam}, reverse=True):  # short, long
             rows = [r for r in table if r["family"] == fam and r["budget"] == budget]
             a = next((r for r in rows if r["row"] == "A"), None)  # the reference is A with the same recipe as B
             for red, ref, need in ((0.3, "A", -0.005), (0.5, "D", 0.010)):
@@ -195,7 +195,13 @@ def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
     ]  # fmt: skip
     for r in sorted(
         table,
-        key=lambda r: (r["family"], r["budget"], r["reduction"] or 0, list(TITLES).index(r["row"]), r["dis"] or 0),
+        key=lambda r: (
+            r["family"],
+            list(p["budgets"]).index(r["budget"]),
+            r["reduction"] or 0,
+            list(TITLES).index(r["row"]),
+            r["dis"] or 0,
+        ),  # fmt: skip
     ):
         red = "" if r["reduction"] is None else f"{r['reduction']:.0%}"
         body.append(
