@@ -262,7 +262,7 @@ class PruneCallbacks:
             if trainer.args.dis == DEFAULT_CFG.dis:
                 LOGGER.warning(
                     f"yolo-prune: prune_distill with dis={trainer.args.dis} (Ultralytics' default): on converged models "
-                    f"it scored 1.0-1.2 mAP50-95 points below dis=1.0 (benchmarks/results/accuracy_converged.md); "
+                    f"it scored about 1 mAP50-95 point below dis=1.0 (benchmarks/results/accuracy_converged.md); "
                     f"set dis= to choose the distillation weight"
                 )
         if state["done"] == 0:
