@@ -62,10 +62,17 @@ def test_prune_distill_two_steps_resume_and_student_only_export(tmp_path, tiny_d
     assert float(_rows(tmp_path / "d")[-1]["train/dis_loss"]) > 0
 
     # a distillation checkpoint (epoch{N}.pt holds the wrapper) loads as its student for prune / export / benchmark
+    from yolo_prune.benchmark import describe
     from yolo_prune.checkpoint import load_model
+    from yolo_prune.export import export
     from yolo_prune.graph import check_supported
 
-    check_supported(load_model(w / "epoch2.pt").model)
+    student = load_model(w / "epoch2.pt")
+    check_supported(student.model)
+    n_student = sum(p.numel() for p in student.model.parameters())
+    assert describe(str(w / "epoch2.pt"), [], 64, None)["params"] == n_student  # no projector counted
+    assert export(w / "epoch2.pt", format="onnx", imgsz=64)["max_abs_diff"] is not None  # parity ran (and held)
+    assert Path(student.export(format="onnx", imgsz=64)).is_file()  # the Python object exports as Ultralytics' does
     # ... and as a new start trains its pruned student
     add_pruning(YOLO(str(w / "epoch2.pt"))).train(data=tiny_data, epochs=1, project=str(tmp_path), name="n", **TRAIN)
     assert model_info(YOLO(str(tmp_path / "n" / "weights" / "best.pt")).model, 640)["gflops"] < 0.53 * 6.505

@@ -24,7 +24,7 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, load_model
 from .engine import model_info
 from .export import export
 
@@ -63,7 +63,7 @@ def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[s
 
 def torch_cuda_runner(weights: str, imgsz: int, device: str):
     """One batch-1 PyTorch fp16 inference on a CUDA device (fused model), synchronized."""
-    model = YOLO(weights).model.fuse().half().eval().to(f"cuda:{device}")
+    model = load_model(weights).model.fuse().half().eval().to(f"cuda:{device}")
     x = torch.rand(1, 3, imgsz, imgsz, device=f"cuda:{device}", dtype=torch.half)
 
     def run():
@@ -82,7 +82,7 @@ def _size_mb(path: str | Path) -> float:
 
 def describe(weights: str, formats, imgsz: int, data: str | None) -> dict[str, Any]:
     """One model's row without latency: params, GFLOPs, file sizes, exports (parity-checked), mAP50-95 with ``data``."""
-    info = model_info(YOLO(weights).model, imgsz)
+    info = model_info(load_model(weights).model, imgsz)  # a distillation checkpoint counts its student
     row: dict[str, Any] = {
         "model": weights,
         "params": info["params"],

@@ -39,9 +39,14 @@ def load_model(model: str | Path) -> YOLO:
             f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}); "
             f"accepted: a {kind} written by Ultralytics or yolo-prune"
         ) from e
-    from .distill import student_of  # a distillation run's epoch{N}.pt or unstripped last.pt holds the wrapper
+    from .distill import is_distilling, student_of  # distill imports this module
 
-    yolo.model = student_of(yolo.model)
+    if is_distilling(yolo.model):  # a distillation run's epoch{N}.pt or interrupted last.pt holds the wrapper
+        student = student_of(yolo.model)
+        student.args = yolo.model.args  # the loader made the wrapper's args a dict; the student's are the live ones
+        yolo.model = student
+        if isinstance(yolo.ckpt, dict):  # Model.save() writes ckpt with "model" replaced: no wrapper left in "ema"
+            yolo.ckpt = {**yolo.ckpt, "ema": None, "model": student}
     return yolo
 
 

@@ -166,11 +166,12 @@ def _train(overrides: dict[str, Any]) -> None:
     yolo = load_model(model)
     if cfg["prune_distill"] and not resume and yolo.task == "classify":
         raise PruneError(DISTILL_TASK.format(task=yolo.task))
-    teacher = (yolo.ckpt or {}).get("train_args", {}).get("distill_model") if resume else None
-    if teacher and not Path(teacher).is_file():  # Ultralytics would try to download it
+    teacher = overrides.get("distill_model") or (yolo.ckpt or {}).get("train_args", {}).get("distill_model")
+    if resume and teacher and Path(teacher).parent != Path() and not Path(teacher).is_file():
+        # a path that is gone (a bare name is Ultralytics' to find or download, as for any teacher)
         raise PruneError(
-            f"distill_model: the teacher this run resumes with, '{teacher}', is not found; accepted: the teacher "
-            f"back at that path (prune_distill keeps its teacher as weights/teacher.pt beside last.pt)"
+            f"distill_model: the teacher this run resumes with, '{teacher}', is not found; accepted: "
+            f"distill_model=<path to the teacher> (prune_distill keeps its teacher as weights/teacher.pt)"
         )
     add_pruning(yolo, **plugin)
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names

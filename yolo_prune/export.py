@@ -15,10 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 
 from .cfg import PruneError
+from .checkpoint import load_model
 from .datasets import make_image, resolve_data
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
@@ -102,7 +102,7 @@ def precision_found(exported: str | Path, fmt: str) -> set[int]:
 
 
 def _reference_model(weights: str | Path, nms: bool | None):
-    model = YOLO(str(weights)).model.float().eval()
+    model = load_model(weights).model.float().eval()
     if hasattr(model, "end2end"):
         model.end2end = nms is False  # as Exporter does: the NMS-free one-to-one head only with nms=False
     for m in model.modules():
@@ -254,7 +254,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     """
     quantize = canonical_quantize(kwargs)
     format = str(format).lower()  # the exporter's own spelling rule
-    yolo = YOLO(str(weights))
+    yolo = load_model(weights)  # a distillation checkpoint exports its student
     task = yolo.task
     if quantize == 8:
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)

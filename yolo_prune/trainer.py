@@ -71,7 +71,7 @@ class PruneTrainerMixin:
         super().__init__(*args, **kwargs)
         from .callbacks import PruneCallbacks  # callbacks imports this module
 
-        owners = {getattr(fn, "__self__", None) for fns in self.callbacks.values() for fn in fns}
+        owners = (getattr(fn, "__self__", None) for fns in self.callbacks.values() for fn in fns)
         distill = any(isinstance(o, PruneCallbacks) and o.cfg["prune_distill"] for o in owners)
         if distill and self.args.compile:
             LOGGER.warning("'compile' is not supported with knowledge distillation and will be disabled.")
