@@ -43,7 +43,9 @@ def load_model(model: str | Path) -> YOLO:
 
     if is_distilling(yolo.model):  # a distillation run's epoch{N}.pt or interrupted last.pt holds the wrapper
         student = student_of(yolo.model)
-        student.args = yolo.model.args  # the loader made the wrapper's args a dict; the student's are the live ones
+        for k in ("args", "pt_path", "task"):  # what Ultralytics' loader set on the wrapper (args: a dict, not the
+            if hasattr(yolo.model, k):  # student's live training namespace); the exporter reads them
+                setattr(student, k, getattr(yolo.model, k))
         yolo.model = student
         if isinstance(yolo.ckpt, dict):  # Model.save() writes ckpt with "model" replaced: no wrapper left in "ema"
             yolo.ckpt = {**yolo.ckpt, "ema": None, "model": student}
