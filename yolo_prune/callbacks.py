@@ -19,6 +19,7 @@ from .blocks import needs_yolo_prune
 from .cfg import PruneError, check_prune_args
 from .distill import (
     check_projectors,
+    compile_off,
     hooks_off,
     is_distilling,
     refresh_teacher,
@@ -176,9 +177,8 @@ class PruneCallbacks:
             raise PruneError(DISTILL_NO_TARGET)
         if self.cfg["prune_distill"] and trainer.args.distill_model and not trainer.resume:
             raise PruneError(DISTILL_BOTH)
-        if self.cfg["prune_distill"] and trainer.args.compile:  # as Ultralytics does for distill_model
-            LOGGER.warning("'compile' is not supported with knowledge distillation and will be disabled.")
-            trainer.args.compile = False
+        if self.cfg["prune_distill"]:  # a stock trainer; PruneTrainerMixin does it on every DDP rank
+            compile_off(trainer.args)
         if self.cfg["prune"] is not None and not trainer.resume:
             schedule = make_schedule(
                 self.cfg["prune"],

@@ -141,6 +141,14 @@ def start_self_distillation(trainer, rewrap_ddp) -> None:
     trainer.ema.ema.dis = 0.0
 
 
+def compile_off(args) -> None:
+    """Turn ``compile`` off in the trainer's args, with Ultralytics' own warning for ``distill_model``: the wrapper is
+    run eagerly."""
+    if args.compile:
+        LOGGER.warning("'compile' is not supported with knowledge distillation and will be disabled.")
+        args.compile = False
+
+
 def set_weight(trainer, dis: float) -> None:
     """The distillation loss weight of the live wrapper and its EMA copy."""
     unwrap_model(trainer.model).dis = dis

@@ -30,7 +30,7 @@ from .blocks import needs_yolo_prune
 from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 from .checkpoint import atomic_write_bytes
 from .datasets import resolve_data
-from .distill import is_distilling, projector_inputs, resize_projectors, student_of
+from .distill import compile_off, is_distilling, projector_inputs, resize_projectors, student_of
 from .heads import class_count, set_class_count
 from .plan import PrunePlan, apply_plan, apply_plan_watching
 
@@ -72,10 +72,8 @@ class PruneTrainerMixin:
         from .callbacks import PruneCallbacks  # callbacks imports this module
 
         owners = (getattr(fn, "__self__", None) for fns in self.callbacks.values() for fn in fns)
-        distill = any(isinstance(o, PruneCallbacks) and o.cfg["prune_distill"] for o in owners)
-        if distill and self.args.compile:
-            LOGGER.warning("'compile' is not supported with knowledge distillation and will be disabled.")
-            self.args.compile = False
+        if any(isinstance(o, PruneCallbacks) and o.cfg["prune_distill"] for o in owners):
+            compile_off(self.args)
 
     def get_dataset(self):
         """Resolve built-in dataset names (``shapes`` follows the task: ``shapes-seg`` for segment) first."""
