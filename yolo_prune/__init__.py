@@ -12,11 +12,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PruneCallbacks": "callbacks",
+    "PruneCallbacks": "train.callbacks",
     "builtin_dataset": "datasets",
-    "prune_model": "engine",
-    "add_pruning": "model",
-    "PruneDetectionTrainer": "trainer",
+    "prune_model": "engine.targets",
+    "add_pruning": "train.model",
+    "PruneDetectionTrainer": "train.trainers",
 }
 __all__ = ["PruneCallbacks", "PruneDetectionTrainer", "__version__", "add_pruning", "builtin_dataset", "prune_model"]
 

@@ -1,100 +1,102 @@
-"""yolo-prune's own settings: names, defaults and validation.
+"""The one config: every yolo-prune key, its default, what it accepts, and every rule between keys.
 
-They live here and never in Ultralytics' ``default.yaml`` or ``trainer.args`` (Ultralytics rejects unknown keys, also in
-its DDP workers).
+Plugin keys never enter Ultralytics' ``default.yaml`` or ``trainer.args`` (Ultralytics rejects unknown keys, also in
+its DDP workers). They are validated once, where a run enters (the CLI, :func:`~yolo_prune.add_pruning`,
+:class:`~yolo_prune.PruneCallbacks`, :func:`~yolo_prune.prune_model` via the one-shot mode), into a frozen
+:class:`PruneConfig`; the same names are used all the way down, in the engine's arguments and in the checkpoint's
+``prune_state``. ``yolo-prune help`` and the docs' key reference (``python -m yolo_prune.cfg --markdown``) are
+generated from :data:`KEYS` and :data:`MODE_KEYS`.
+
+This module imports nothing of torch, Ultralytics or the rest of the package, so ``yolo-prune help`` is instant.
 """
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import yaml
-
-PRUNE_DEFAULTS: dict[str, Any] = {
-    "prune": None,  # fraction of GFLOPs to remove, 0 < prune < 1
-    "prune_ratio": None,  # or: plain per-layer channel ratio, 0 < prune_ratio < 1
-    "prune_method": "l2",  # importance criterion, see yolo_prune.importance
-    "prune_round": 16,  # kept channel counts are multiples of this (16: best CPU realization, benchmarks/results/speed.md)
-    "prune_global": False,  # rank channels across layers instead of the same ratio in every layer
-    "prune_max_ratio": 0.9,  # with prune_global: the most any one layer may lose, so no layer vanishes
-    "prune_ignore": None,  # layer indices (22) or module names (model.22.cv2) kept intact
-    "prune_layers": None,  # per-layer channel ratios: {index or name: ratio}, or a yaml file of them
-    "prune_sparsity": 0.0,  # L1 weight on BatchNorm scales while training towards each step (network slimming)
-    "prune_mode": "structured",  # or unstructured / 2:4: zero weights in place instead of removing channels
-    "prune_sensitivity": None,  # sensitivity.csv from 'yolo-prune sensitivity', for prune_method=sensitivity
-    "prune_latency": None,  # or: fraction of the measured latency to remove on prune_runtime, 0 < prune_latency < 1
-    "prune_runtime": "onnxruntime",  # where latency is measured: onnxruntime | openvino | torch (device=, CUDA fp16)
-    "prune_threads": None,  # CPU threads of that runtime (default: the runtime's own)
-}
+SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.190,<8.5"  # what benchmarks/compat.py passed; pyproject.toml declares it
+SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detect, segment, pose, obb and classify models"
 PRUNE_MODES = ("structured", "unstructured", "2:4")
 RUNTIMES = ("onnxruntime", "openvino", "torch")  # prune_runtime: where prune_latency is measured
-# the versions the test suite passes on (benchmarks/compat.py); pyproject.toml declares the same ranges
-SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.190,<8.5"
+# importance criteria by name (yolo_prune.engine.importance builds them; register() adds more at run time)
+METHODS = ["l1", "l2", "bn", "taylor", "lamp", "fpgm", "hessian", "random", "sensitivity"]
+HEAD_TASKS = ("detect", "segment", "pose", "obb")  # tasks with a detection head (Ultralytics distills their necks)
+TARGETS = ("prune", "prune_ratio", "prune_latency")  # mutually exclusive: how much to remove
+# deprecated export keys Ultralytics still maps (half/int8 -> quantize, end2end -> nms) but no longer lists
+ULTRALYTICS_ALIASES = {"half": "quantize=16", "int8": "quantize=8", "end2end": "nms"}
 
 
 class PruneError(ValueError):
     """Bad input. The message is one line naming the key (or file) and what is accepted."""
 
 
-def _fraction(key: str, v: Any) -> float | None:
+# --- value parsers: (key, value) -> normalised value, PruneError naming the key otherwise --------------------------
+def _bad(key: str, v: Any, accepts: str) -> PruneError:
+    return PruneError(f"{key}={v!r} is invalid; accepted: {accepts}")
+
+
+def fraction(key: str, v: Any) -> float | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-        raise PruneError(f"{key}={v!r} is invalid; accepted: a number with 0 < {key} < 1")
+        raise _bad(key, v, f"a number with 0 < {key} < 1")
     return float(v)
 
 
-def check_prune_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Return ``PRUNE_DEFAULTS`` updated with ``args``, validated; raise PruneError on the first bad key."""
-    from .importance import IMPORTANCES
-
-    unknown = set(args) - set(PRUNE_DEFAULTS)
-    if unknown:
-        key = sorted(unknown)[0]
-        raise PruneError(f"'{key}' is not a valid yolo-prune key; accepted: {', '.join(PRUNE_DEFAULTS)}")
-    cfg = {**PRUNE_DEFAULTS, **args}
-    cfg["prune"] = _fraction("prune", cfg["prune"])
-    cfg["prune_ratio"] = _fraction("prune_ratio", cfg["prune_ratio"])
-    cfg["prune_latency"] = _fraction("prune_latency", cfg["prune_latency"])
-    given = [k for k in ("prune", "prune_ratio", "prune_latency") if cfg[k] is not None]
-    if len(given) > 1:
-        raise PruneError(f"{' and '.join(given)} are exclusive; accepted: one of prune, prune_ratio, prune_latency")
-    if cfg["prune_runtime"] not in RUNTIMES:
-        raise PruneError(f"prune_runtime={cfg['prune_runtime']!r} is invalid; accepted: {', '.join(RUNTIMES)}")
-    t = cfg["prune_threads"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
-        raise PruneError(f"prune_threads={t!r} is invalid; accepted: an integer >= 1")
-    if cfg["prune_method"] not in IMPORTANCES:
-        raise PruneError(f"prune_method={cfg['prune_method']!r} is invalid; accepted: {', '.join(IMPORTANCES)}")
-    r = cfg["prune_round"]
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise PruneError(f"prune_round={r!r} is invalid; accepted: an integer >= 1")
-    if not isinstance(cfg["prune_global"], bool):
-        raise PruneError(f"prune_global={cfg['prune_global']!r} is invalid; accepted: True or False")
-    cfg["prune_max_ratio"] = _fraction("prune_max_ratio", cfg["prune_max_ratio"])
-    cfg["prune_ignore"] = _ignore_list(cfg["prune_ignore"])
-    cfg["prune_layers"] = _layer_ratios(cfg["prune_layers"])
-    lam = cfg["prune_sparsity"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-        raise PruneError(f"prune_sparsity={lam!r} is invalid; accepted: a number >= 0 (L1 weight, e.g. 1e-3)")
-    cfg["prune_sparsity"] = float(lam)
-    if cfg["prune_mode"] not in PRUNE_MODES:
-        raise PruneError(f"prune_mode={cfg['prune_mode']!r} is invalid; accepted: {', '.join(PRUNE_MODES)}")
-    if cfg["prune_method"] == "sensitivity" and not cfg["prune_sensitivity"]:
-        raise PruneError(
-            "prune_method=sensitivity needs prune_sensitivity=<sensitivity.csv>; accepted: the CSV written by "
-            "'yolo-prune sensitivity'"
-        )
-    if cfg["prune_sensitivity"] and not Path(str(cfg["prune_sensitivity"])).is_file():
-        raise PruneError(f"prune_sensitivity={cfg['prune_sensitivity']!r} is not a file; accepted: a sensitivity.csv")
-    return cfg
+def positive_int(key: str, v: Any, optional: bool = False) -> int | None:
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise _bad(key, v, "an integer >= 1")
+    return v
 
 
-def _ignore_list(v: Any) -> list[int | str]:
+def optional_int(key: str, v: Any) -> int | None:
+    return positive_int(key, v, optional=True)
+
+
+def epoch(key: str, v: Any) -> int | None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise _bad(key, v, "an epoch number >= 0")
+    return v
+
+
+def boolean(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _bad(key, v, "True or False")
+    return v
+
+
+def choice(options) -> Callable[[str, Any], Any]:
+    def parse(key: str, v: Any) -> Any:
+        if v not in options:
+            raise _bad(key, v, ", ".join(map(str, options)))
+        return v
+
+    return parse
+
+
+def non_negative(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise _bad(key, v, "a number >= 0 (L1 weight, e.g. 1e-3)")
+    return float(v)
+
+
+def existing_file(key: str, v: Any) -> str | None:
+    if v is None or v == "":
+        return None
+    if not Path(str(v)).is_file():
+        raise PruneError(f"{key}={str(v)!r} is not a file; accepted: a sensitivity.csv written by 'yolo-prune sensitivity'")
+    return str(v)
+
+
+def layer_list(key: str, v: Any) -> tuple[int | str, ...]:
     """``prune_ignore``: None, one index/name, a list/tuple of them, or a comma-separated string."""
     if v is None:
-        return []
+        return ()
     items = v.split(",") if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
     out: list[int | str] = []
     for x in items:
@@ -102,30 +104,295 @@ def _ignore_list(v: Any) -> list[int | str]:
         if isinstance(x, str) and x.isdigit():
             x = int(x)
         if isinstance(x, bool) or not isinstance(x, (int, str)) or x == "" or (isinstance(x, int) and x < 0):
-            raise PruneError(f"prune_ignore={v!r} is invalid; accepted: layer indices or module names, e.g. 0,22")
+            raise _bad(key, v, "layer indices or module names, e.g. 0,22")
         out.append(x)
-    return out
+    return tuple(out)
 
 
-def _layer_ratios(v: Any) -> dict[int | str, float]:
+def layer_ratios(key: str, v: Any) -> dict[int | str, float]:
     """``prune_layers``: a dict {layer index or module name: channel ratio}, or the path of a yaml file holding one."""
     if v is None:
         return {}
     if isinstance(v, (str, Path)):
+        import yaml
+
         path = Path(v)
         if not path.is_file():
-            raise PruneError(f"prune_layers={str(v)!r} is not a file; accepted: a yaml file of 'layer: ratio' lines")
+            raise PruneError(f"{key}={str(v)!r} is not a file; accepted: a yaml file of 'layer: ratio' lines")
         try:
             v = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise PruneError(f"prune_layers={str(path)!r} is not valid yaml ({type(e).__name__})") from None
+            raise PruneError(f"{key}={str(path)!r} is not valid yaml ({type(e).__name__})") from None
     if not isinstance(v, dict):
-        raise PruneError(f"prune_layers={v!r} is invalid; accepted: {{layer index or module name: ratio 0-1}}")
+        raise _bad(key, v, "{layer index or module name: ratio 0-1}")
     out: dict[int | str, float] = {}
     for k, r in v.items():
         if isinstance(k, bool) or not isinstance(k, (int, str)):
-            raise PruneError(f"prune_layers key {k!r} is invalid; accepted: a layer index or a module name")
+            raise PruneError(f"{key} key {k!r} is invalid; accepted: a layer index or a module name")
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
-            raise PruneError(f"prune_layers[{k!r}]={r!r} is invalid; accepted: a channel ratio with 0 <= ratio < 1")
+            raise PruneError(f"{key}[{k!r}]={r!r} is invalid; accepted: a channel ratio with 0 <= ratio < 1")
         out[int(k) if isinstance(k, str) and k.isdigit() else k] = float(r)
     return out
+
+
+def imgsz_value(key: str, v: Any) -> int:
+    """A positive multiple of 32 (the stride of every YOLO model)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 32 or v % 32:
+        raise _bad(key, v, "a positive multiple of 32, e.g. 640")
+    return v
+
+
+def anything(key: str, v: Any) -> Any:
+    return v
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key: its default, what it accepts (as the docs and error lines say it), its parser and its modes."""
+
+    default: Any
+    accepts: str
+    help: str
+    parse: Callable[[str, Any], Any] = anything
+    modes: tuple[str, ...] = ("train", "prune")
+    default_text: str | None = None  # how the docs show a computed default
+
+
+TRAIN, ONESHOT, BOTH = ("train",), ("prune",), ("train", "prune")
+# The plugin's keys (train and one-shot prune). PruneConfig has one field per key, in this order.
+KEYS: dict[str, Key] = {
+    "prune": Key(None, "0 < prune < 1", "fraction of the model's GFLOPs to remove (sparse modes: of the weights)",
+                 fraction),
+    "prune_ratio": Key(None, "0 < prune_ratio < 1", "instead of prune: one channel ratio for every layer", fraction,
+                       ONESHOT),
+    "prune_latency": Key(None, "0 < prune_latency < 1", "instead of prune: fraction of the measured latency to remove "
+                         "on prune_runtime", fraction),
+    "prune_steps": Key(None, "an integer >= 1", "number of prune steps; each removes an equal share", optional_int,
+                       TRAIN, "up to 4"),
+    "prune_start": Key(None, "an epoch >= 0", "epoch of the first step (0-based, at the start of that epoch)", epoch,
+                       TRAIN, "~10% of epochs (at least 1)"),
+    "prune_end": Key(None, "an epoch >= prune_start", "epoch of the last step; later epochs fine-tune", epoch, TRAIN,
+                     "leaves >= 60% of epochs"),
+    "prune_method": Key("l2", " | ".join(METHODS), "importance criterion", lambda k, v: choice(METHODS)(k, v)),
+    "prune_round": Key(16, "an integer >= 1", "kept channel counts are multiples of this", positive_int),
+    "prune_global": Key(False, "True or False", "rank channels across layers instead of one ratio for all", boolean),
+    "prune_max_ratio": Key(0.9, "0 < prune_max_ratio < 1", "with prune_global / prune_latency: the most any layer may "
+                           "lose", fraction),
+    "prune_ignore": Key(None, "layer indices or module names, e.g. 0,22", "layers kept intact", layer_list),
+    "prune_layers": Key(None, "{layer: ratio} or a yaml file of them", "fixed per-layer channel ratios", layer_ratios),
+    "prune_sparsity": Key(0.0, "a number >= 0", "L1 weight on BatchNorm scales while training towards each step",
+                          non_negative),
+    "prune_mode": Key("structured", " | ".join(PRUNE_MODES), "remove channels, or zero weights in place",
+                      choice(PRUNE_MODES)),
+    "prune_sensitivity": Key(None, "a sensitivity.csv", "for prune_method=sensitivity: the table of "
+                             "'yolo-prune sensitivity'", existing_file),
+    "prune_runtime": Key("onnxruntime", " | ".join(RUNTIMES), "where prune_latency is measured (torch: device=, CUDA "
+                         "fp16)", choice(RUNTIMES)),
+    "prune_threads": Key(None, "an integer >= 1", "CPU threads of that runtime (default: the runtime's own)",
+                         optional_int),
+    "prune_distill": Key(False, "True or False", "distill from the model as it was just before its first step, with "
+                         "Ultralytics' weight dis (1.0 measured better than its default 6.0)", boolean, TRAIN),
+}  # fmt: skip
+
+# Keys of the modes yolo-prune runs itself (besides the plugin keys they take); train takes every 'yolo train' key.
+OUT = {"project": None, "name": "exp", "exist_ok": False}
+MODE_KEYS: dict[str, dict[str, Any]] = {
+    "prune": {"model": None, "imgsz": 640, "data": None, "batch": 16, "device": None, **OUT, "project": "runs/prune"},
+    "sensitivity": {"model": None, "data": None, "ratios": "0.1,0.3,0.5", "imgsz": 640, "batch": 16, "layers": None,
+                    "prune_method": "l2", "prune_round": 16, "device": "cpu", **OUT, "project": "runs/sensitivity"},
+    "benchmark": {"model": None, "base": None, "data": None, "imgsz": 640, "formats": "onnx,openvino",
+                  "device": "cpu", "runs": 100, "threads": None, **OUT, "project": "runs/benchmark"},
+}  # fmt: skip
+MODEL_KEYS = ("model", "base", "distill_model")  # keys that name a model file (shipped names resolve)
+
+
+def mode_keys(mode: str) -> list[str]:
+    """The plugin keys a mode takes (``train`` or ``prune``)."""
+    return [k for k, key in KEYS.items() if mode in key.modes]
+
+
+def suggest(key: str, accepted) -> str:
+    """``"did you mean 'x'? "`` for the closest accepted key, or ``""``."""
+    close = difflib.get_close_matches(key, list(accepted), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Validated plugin keys. Build it with :meth:`from_keys`; every field is named as its key."""
+
+    prune: float | None = None
+    prune_ratio: float | None = None
+    prune_latency: float | None = None
+    prune_steps: int | None = None
+    prune_start: int | None = None
+    prune_end: int | None = None
+    prune_method: str = "l2"
+    prune_round: int = 16
+    prune_global: bool = False
+    prune_max_ratio: float = 0.9
+    prune_ignore: tuple = ()
+    prune_layers: dict = field(default_factory=dict)
+    prune_sparsity: float = 0.0
+    prune_mode: str = "structured"
+    prune_sensitivity: str | None = None
+    prune_runtime: str = "onnxruntime"
+    prune_threads: int | None = None
+    prune_distill: bool = False
+
+    @classmethod
+    def from_keys(cls, keys: dict[str, Any] | None = None, mode: str = "train") -> PruneConfig:
+        """Validate ``keys`` (CLI or Python) for ``mode`` (``train`` or ``prune``); PruneError on the first bad one."""
+        keys = dict(keys or {})
+        accepted = mode_keys(mode)
+        for k in keys:
+            if k not in accepted:
+                if k in KEYS:  # a key of the other mode
+                    where = "one-shot 'yolo-prune prune'" if "prune" in KEYS[k].modes else "training"
+                    raise PruneError(f"{k} is for {where} only; accepted here: {', '.join(accepted)}")
+                raise PruneError(
+                    f"'{k}' is not a valid yolo-prune key; {suggest(k, accepted)}accepted: {', '.join(accepted)}"
+                )
+        values = {k: KEYS[k].parse(k, keys.get(k, KEYS[k].default)) for k in KEYS}
+        if values["prune_mode"] == "2:4":  # 2 of every 4 weights, at once: there is no amount and no schedule
+            if values["prune"] not in (None, 0.5):
+                raise PruneError(f"prune={values['prune']} does not apply to prune_mode=2:4 (always 50%); "
+                                 f"accepted: leave it out")  # fmt: skip
+            if values["prune_steps"] not in (None, 1):
+                raise PruneError("prune_steps must be 1 with prune_mode=2:4; accepted: prune_steps=1 or leave it out")
+            values["prune"], values["prune_steps"] = 0.5, 1 if mode == "train" else None
+        cfg = cls(**values)
+        cfg._check_rules(mode)
+        return cfg
+
+    def _check_rules(self, mode: str) -> None:
+        """The rules between plugin keys (each lives only here)."""
+        given = [k for k in TARGETS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise PruneError(f"{' and '.join(given)} are exclusive; accepted: one of {', '.join(TARGETS)}")
+        if self.prune_method == "sensitivity" and not self.prune_sensitivity:
+            raise PruneError(
+                "prune_method=sensitivity needs prune_sensitivity=<sensitivity.csv>; accepted: the CSV written by "
+                "'yolo-prune sensitivity'"
+            )
+        if self.prune_latency is not None and self.prune_method == "sensitivity":
+            raise PruneError(
+                "prune_method=sensitivity allocates by a GFLOPs table, prune_latency by measured latency; accepted: "
+                "one of them"
+            )
+        if self.prune_latency is not None and self.prune_mode != "structured":
+            raise PruneError(
+                f"prune_latency needs prune_mode=structured (zeros do not run faster); got {self.prune_mode}"
+            )
+        if mode == "prune" and self.target is None and self.prune_ratio is None and not self.prune_layers:
+            raise PruneError(
+                "prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1>, prune_ratio=<0-1> or "
+                "prune_latency=<fraction of the latency to remove, 0-1>"
+            )
+
+    def check_run(self, *, resume: Any = False, distill_model: Any = None, task: str | None = None) -> None:
+        """The rules between plugin keys and the run's own (Ultralytics') settings, checked before anything is
+        written. ``resume``: a resumed run keeps its checkpoint's schedule and teacher."""
+        if not self.prune_distill or resume:
+            return
+        if distill_model:
+            raise PruneError(
+                "prune_distill=True and distill_model= both name a teacher; accepted: prune_distill=True (the model "
+                "before its first prune step) or distill_model=<teacher.pt>"
+            )
+        if self.target is None:
+            raise PruneError(
+                "prune_distill=True distills from the model as it was before its first prune step, so it needs "
+                "prune= or prune_latency=; accepted: add a target, or distill_model=<teacher.pt> to fine-tune with a "
+                "teacher"
+            )
+        if task is not None and task not in HEAD_TASKS:
+            raise PruneError(
+                f"prune_distill=True needs a detection head ({', '.join(HEAD_TASKS)}; Ultralytics distills their neck "
+                f"features); got task {task}"
+            )
+
+    @property
+    def target(self) -> float | None:
+        """What the schedule removes: the GFLOPs (or weights) fraction ``prune``, or the latency fraction."""
+        return self.prune if self.prune is not None else self.prune_latency
+
+    @property
+    def structured(self) -> bool:
+        """Whether channels are removed (``structured``) rather than weights zeroed in place."""
+        return self.prune_mode == "structured"
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """The keys the engine's planners take besides the target, criterion and rounding."""
+        names = ("prune_ignore", "prune_layers", "prune_global", "prune_max_ratio", "prune_sensitivity")
+        return {k: getattr(self, k) for k in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the checkpoint's ``prune_state["cfg"]``): loadable anywhere, with the keys' own names."""
+        d = asdict(self)
+        d["prune_ignore"] = list(self.prune_ignore)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
+        """The config a checkpoint's ``prune_state["cfg"]`` holds (no re-validation: it was valid when written)."""
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if "prune_ignore" in d:
+            d["prune_ignore"] = tuple(d["prune_ignore"] or ())
+        return cls(**d)
+
+
+def help_text() -> str:
+    """``yolo-prune help``: usage of every mode, then every plugin key with its default, from :data:`KEYS`."""
+    lines = [
+        "yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...",
+        "",
+        "  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [train keys below] [any 'yolo train' "
+        "key]",
+        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt: shipped models trained "
+        "on data=shapes-500 imgsz=128",
+        "  yolo-prune prune model=yolo11n.yaml prune=0.5 " + _mode_line("prune"),
+        "      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json",
+        "  yolo-prune sensitivity model=trained.pt data=shapes " + _mode_line("sensitivity"),
+        "      prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png",
+        "  yolo-prune export model=pruned.pt format=onnx|openvino|engine [any 'yolo export' key]",
+        "      Ultralytics' exporter, then a parity check of the exported model against PyTorch",
+        "  yolo-prune benchmark model=pruned.pt base=original.pt " + _mode_line("benchmark"),
+        "      base and pruned timed in alternation; latency / GFLOPs / size / mAP table as CSV, JSON and PNG",
+        "  yolo-prune val|predict|track model=pruned.pt ...   same keys as 'yolo'; data=shapes is the built-in data",
+        "  yolo-prune version | help",
+        "",
+        "Keys (train: all; prune: all but prune_steps/start/end/distill; prune_ratio: prune only):",
+    ]
+    for k, key in KEYS.items():
+        default = key.default_text or ("" if key.default is None else str(key.default))
+        lines.append(f"  {k:<18} default {default or '-':<30} {key.help}; accepted: {key.accepts}")
+    lines.append("Every task: model=yolo11n-seg.yaml | -pose | -obb | -cls (YOLOv8 / YOLO11 / YOLO26); data=shapes "
+                 "follows the task")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _mode_line(mode: str) -> str:
+    skip = {"model", "base"} | ({"data"} if mode == "sensitivity" else set())
+    return " ".join(f"[{k}={v}]" for k, v in MODE_KEYS[mode].items() if k not in skip and v is not None)
+
+
+def markdown_reference() -> str:
+    """The docs' key reference (docs/reference/keys.md, between its KEYS markers), from :data:`KEYS`."""
+    out = ["| key | default | accepted | modes | meaning |", "|---|---|---|---|---|"]
+    for k, key in KEYS.items():
+        default = key.default_text or ("" if key.default is None else f"`{key.default}`")
+        out.append(f"| `{k}` | {default} | {key.accepts.replace('|', '&#124;')} | {', '.join(key.modes)} | "
+                   f"{key.help} |")  # fmt: skip
+    for mode, keys in MODE_KEYS.items():
+        out += ["", f"`yolo-prune {mode}` also takes:", "", "| key | default |", "|---|---|"]
+        out += [f"| `{k}` | {'' if v is None else f'`{v}`'} |" for k, v in keys.items() if k not in KEYS]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown_reference() if "--markdown" in sys.argv else help_text())

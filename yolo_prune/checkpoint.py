@@ -13,12 +13,33 @@ import torch
 import torch.nn as nn
 from ultralytics import YOLO, __version__
 
-from .cfg import PruneError
-from .graph import SUPPORTED_MODELS
+from .cfg import SUPPORTED_MODELS, PruneError
+
+
+def is_distilling(model: nn.Module) -> bool:
+    """Whether ``model`` (DDP-wrapped or not) is Ultralytics' distillation wrapper (``DistillationModel``)."""
+    from ultralytics.nn.distill_model import DistillationModel
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    return isinstance(unwrap_model(model), DistillationModel)
+
+
+def student_of(model: nn.Module) -> nn.Module:
+    """The model being trained and pruned: the student inside a distillation wrapper, else the model itself."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    model = unwrap_model(model)
+    return model.student_model if is_distilling(model) else model
 
 
 def load_model(model: str | Path) -> YOLO:
-    """Load ``model`` (a packaged/local yaml or a local .pt) without any download; PruneError if it can't be."""
+    """Load ``model`` (a packaged/local yaml or a local .pt) without any download.
+
+    A distillation checkpoint (a run's ``epoch{N}.pt`` or interrupted ``last.pt``) loads as its student.
+
+    Raises:
+        PruneError: The name is not a yaml or .pt, the file is missing, unreadable, or of an unsupported model.
+    """
     model = str(model)
     suffix = Path(model).suffix.lower()
     if suffix not in {".yaml", ".yml", ".pt"}:
@@ -39,8 +60,6 @@ def load_model(model: str | Path) -> YOLO:
             f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}); "
             f"accepted: a {kind} written by Ultralytics or yolo-prune"
         ) from e
-    from .distill import is_distilling, student_of  # distill imports this module
-
     if is_distilling(yolo.model):  # a distillation run's epoch{N}.pt or interrupted last.pt holds the wrapper
         student = student_of(yolo.model)
         for k in ("args", "pt_path", "task"):  # what Ultralytics' loader set on the wrapper (args: a dict, not the

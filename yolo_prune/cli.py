@@ -6,85 +6,23 @@ Own modes are handled here; ``val``, ``predict``, ``export`` and ``track`` go to
 
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .cfg import PRUNE_DEFAULTS, PruneError
+from .cfg import (
+    MODE_KEYS,
+    MODEL_KEYS,
+    ULTRALYTICS_ALIASES,
+    PruneError,
+    help_text,
+    mode_keys,
+    optional_int,
+    suggest,
+)
 
 PASSTHROUGH = ("val", "predict", "track")
-# deprecated keys Ultralytics still maps (half/int8 -> quantize, end2end -> nms) but no longer lists in default.yaml
-LEGACY_KEYS = {"half": None, "int8": None, "end2end": None}
-BENCHMARK_KEYS = {
-    "model": None,
-    "base": None,
-    "data": None,
-    "imgsz": 640,
-    "formats": "onnx,openvino",
-    "device": "cpu",
-    "runs": 100,
-    "threads": None,  # intra-op threads of ONNX Runtime / OpenVINO (default: torch's count); 1 for stable ratios
-    "project": "runs/benchmark",
-    "name": "exp",
-    "exist_ok": False,
-}
-MODEL_KEYS = ("model", "base", "distill_model")  # keys that name a model file
-TRAIN_PLUGIN_KEYS = (*PRUNE_DEFAULTS, "prune_steps", "prune_start", "prune_end", "prune_distill")
-PRUNE_KEYS = {
-    "model": None,
-    "imgsz": 640,
-    "data": None,  # batches for the gradient criteria (taylor, hessian)
-    "batch": 16,
-    "device": None,  # prune_runtime=torch: the GPU to time on (device=cpu for CPU timing)
-    "project": "runs/prune",
-    "name": "exp",
-    "exist_ok": False,
-    **PRUNE_DEFAULTS,
-}
-SENSITIVITY_KEYS = {
-    "model": None,
-    "data": None,
-    "ratios": "0.1,0.3,0.5",
-    "imgsz": 640,
-    "batch": 16,
-    "layers": None,
-    "prune_method": "l2",
-    "prune_round": PRUNE_DEFAULTS["prune_round"],
-    "device": "cpu",
-    "project": "runs/sensitivity",
-    "name": "exp",
-    "exist_ok": False,
-}
-
-HELP = f"""yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...
-
-  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [prune_steps=4] [prune_start=E0] [prune_end=E1]
-      [prune_method=l2] [prune_round=16] [pruning keys below] [any 'yolo train' key]; resume=True continues a schedule
-      prune_distill=True: distill from the model as it was before its first step (weight: dis=); or distill_model=t.pt
-      model=yolo11n-shapes.pt | yolo26n-shapes.pt: shipped models trained to convergence on data=shapes-500 imgsz=128
-
-  yolo-prune prune model=yolo11n.yaml prune=0.5 [imgsz=640] [data=shapes] [project=runs/prune] [name=exp] [pruning keys]
-      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json
-  yolo-prune sensitivity model=trained.pt data=shapes [ratios=0.1,0.3,0.5] [imgsz=640] [layers=2,4] [prune_method=l2]
-      prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png
-
-  latency: prune_latency=0.5 (instead of prune: the fraction of the measured latency to remove)
-      prune_runtime=onnxruntime|openvino|torch  prune_threads=N  device=0 (torch: CUDA fp16)
-  pruning keys: prune_method=l1|l2|bn|taylor|lamp|fpgm|hessian|random|sensitivity  prune_round=16
-      prune_global=False prune_max_ratio=0.9  prune_ignore=0,22  prune_layers=ratios.yaml  prune_sparsity=0.0
-      prune_mode=structured|unstructured|2:4  prune_sensitivity=sensitivity.csv
-  yolo-prune export model=pruned.pt format=onnx|openvino|engine [imgsz] [dynamic] [simplify] [nms] [quantize=16|8] [data]
-      Ultralytics' exporter, then a parity check of the exported model against PyTorch (fails over the tolerance)
-  yolo-prune benchmark model=pruned.pt base=original.pt [data=shapes] [imgsz=640] [formats=onnx,openvino] [device=cpu|0]
-      [runs=100] [threads=1]  side-by-side latency / GFLOPs / size / mAP table (base and pruned timed in
-      alternation), saved as CSV, JSON and PNG
-  yolo-prune {{{"|".join(PASSTHROUGH)}}} model=pruned.pt ...   same keys as 'yolo'; data=shapes uses the built-in dataset
-  yolo-prune version | help
-
-  Every task: model=yolo11n-seg.yaml | -pose | -obb | -cls (YOLOv8 / YOLO11 / YOLO26); data=shapes follows the task
-"""
 
 
 def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
@@ -110,42 +48,41 @@ def check_keys(overrides: dict[str, Any], accepted: dict[str, Any], mode: str) -
     """One-line PruneError for the first key not in ``accepted``, with the closest valid key."""
     for k in overrides:
         if k not in accepted:
-            close = difflib.get_close_matches(k, accepted, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise PruneError(f"'{k}' is not a valid key for 'yolo-prune {mode}'; {hint}accepted: {', '.join(accepted)}")
+            raise PruneError(
+                f"'{k}' is not a valid key for 'yolo-prune {mode}'; {suggest(k, accepted)}accepted: "
+                f"{', '.join(accepted)}"
+            )
 
 
 def _prune(overrides: dict[str, Any]) -> None:
-    from .oneshot import prune_file
+    from .modes.oneshot import prune_file
 
-    check_keys(overrides, PRUNE_KEYS, "prune")
+    check_keys(overrides, {**MODE_KEYS["prune"], **dict.fromkeys(mode_keys("prune"))}, "prune")
     if overrides.get("model") is None:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
     prune_file(**overrides)
 
 
 def _sensitivity(overrides: dict[str, Any]) -> None:
-    from .sensitivity import sensitivity_run
+    from .modes.sensitivity import sensitivity_run
 
-    check_keys(overrides, SENSITIVITY_KEYS, "sensitivity")
-    args = {**SENSITIVITY_KEYS, **overrides}
+    check_keys(overrides, MODE_KEYS["sensitivity"], "sensitivity")
+    args = {**MODE_KEYS["sensitivity"], **overrides}
     if not args["model"]:
         raise PruneError("model is required; accepted: model=<.pt checkpoint>")
     sensitivity_run(**args)
 
 
 def _train(overrides: dict[str, Any]) -> None:
+    """``yolo-prune train``: plugin keys to :func:`~yolo_prune.add_pruning`, every other key to ``YOLO.train``."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils.files import get_latest_run
 
-    from .callbacks import DISTILL_BOTH, DISTILL_NO_TARGET, DISTILL_TASK, check_train_args
     from .checkpoint import load_model
-    from .model import add_pruning
-    from .schedule import check_patience, make_schedule
+    from .train.model import add_pruning
 
-    plugin = {k: overrides.pop(k) for k in TRAIN_PLUGIN_KEYS if k in overrides}
-    check_keys(overrides, DEFAULT_CFG_DICT, "train")
-    cfg = check_train_args(plugin)
+    plugin = {k: overrides.pop(k) for k in mode_keys("train") if k in overrides}
+    check_keys(overrides, {**DEFAULT_CFG_DICT, **dict.fromkeys(mode_keys("train"))}, "train")
     resume = overrides.get("resume")
     model = overrides.pop("model", None)
     if resume and model is None:  # like 'yolo train resume': the latest run, or resume=path/to/last.pt
@@ -153,19 +90,7 @@ def _train(overrides: dict[str, Any]) -> None:
         overrides["resume"] = True
     if not model:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
-    target = cfg["prune"] if cfg["prune"] is not None else cfg["prune_latency"]
-    if cfg["prune_distill"] and overrides.get("distill_model") and not resume:
-        raise PruneError(DISTILL_BOTH)
-    if cfg["prune_distill"] and target is None and not resume:
-        raise PruneError(DISTILL_NO_TARGET)
-    if target is not None and not resume:  # fail before any run folder is created
-        epochs = overrides.get("epochs", DEFAULT_CFG_DICT["epochs"])
-        schedule = make_schedule(target, epochs, cfg["prune_steps"], cfg["prune_start"], cfg["prune_end"])
-        patience = overrides.get("patience", DEFAULT_CFG_DICT["patience"])
-        check_patience(patience, schedule.epochs, val=overrides.get("val", DEFAULT_CFG_DICT["val"]))
     yolo = load_model(model)
-    if cfg["prune_distill"] and not resume and yolo.task == "classify":
-        raise PruneError(DISTILL_TASK.format(task=yolo.task))
     teacher = overrides.get("distill_model") or (yolo.ckpt or {}).get("train_args", {}).get("distill_model")
     if resume and teacher and Path(teacher).parent != Path() and not Path(teacher).is_file():
         # a path that is gone (a bare name is Ultralytics' to find or download, as for any teacher)
@@ -173,7 +98,7 @@ def _train(overrides: dict[str, Any]) -> None:
             f"distill_model: the teacher this run resumes with, '{teacher}', is not found; accepted: "
             f"distill_model=<path to the teacher> (prune_distill keeps its teacher as weights/teacher.pt)"
         )
-    add_pruning(yolo, **plugin)
+    add_pruning(yolo, **plugin)  # the config's own checks; the run's are made before its folder exists
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
 
 
@@ -181,9 +106,9 @@ def _export(overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     from .checkpoint import load_model
-    from .export import export
+    from .deploy.export import export
 
-    check_keys(overrides, {**DEFAULT_CFG_DICT, **LEGACY_KEYS}, "export")
+    check_keys(overrides, {**DEFAULT_CFG_DICT, **ULTRALYTICS_ALIASES}, "export")
     model = overrides.pop("model", None)
     if not model:
         raise PruneError("model is required; accepted: model=<.pt checkpoint>")
@@ -192,22 +117,20 @@ def _export(overrides: dict[str, Any]) -> None:
 
 
 def _benchmark(overrides: dict[str, Any]) -> None:
-    from .benchmark import benchmark
     from .checkpoint import load_model
+    from .deploy.benchmark import FORMATS, benchmark
 
-    check_keys(overrides, BENCHMARK_KEYS, "benchmark")
-    args = {**BENCHMARK_KEYS, **overrides}
+    check_keys(overrides, MODE_KEYS["benchmark"], "benchmark")
+    args = {**MODE_KEYS["benchmark"], **overrides}
     for key in ("model", "base"):
         if not args[key]:
             raise PruneError(f"{key} is required; accepted: {key}=<.pt checkpoint>")
         load_model(args[key])
     formats = [f.strip() for f in str(args.pop("formats")).split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("onnx", "openvino")]
+    bad = [f for f in formats if f not in FORMATS]
     if bad:
-        raise PruneError(f"formats={','.join(formats)} is invalid; accepted: onnx, openvino (comma-separated)")
-    t = args["threads"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
-        raise PruneError(f"threads={t!r} is invalid; accepted: an integer >= 1")
+        raise PruneError(f"formats={','.join(formats)} is invalid; accepted: {', '.join(FORMATS)} (comma-separated)")
+    optional_int("threads", args["threads"])
     if args["data"]:
         from .datasets import resolve_data
 
@@ -218,7 +141,7 @@ def _benchmark(overrides: dict[str, Any]) -> None:
 def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
 
-    check_keys(overrides, {**DEFAULT_CFG_DICT, **LEGACY_KEYS}, mode)
+    check_keys(overrides, {**DEFAULT_CFG_DICT, **ULTRALYTICS_ALIASES}, mode)
     if "data" in overrides:
         from .datasets import resolve_data
 
@@ -247,7 +170,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if not argv or argv[0] in ("help", "-h", "--help") or (argv[0] == "version" and len(argv) == 1):
-            print(HELP if argv[:1] != ["version"] else __version__)  # no torch / Ultralytics import for these
+            print(help_text() if argv[:1] != ["version"] else __version__)  # no torch / Ultralytics import for these
             return 0
         mode, overrides = parse_args(argv)
         if any(overrides.get(k) for k in MODEL_KEYS):
@@ -257,7 +180,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
                 if key in overrides:
                     overrides[key] = resolve_model(overrides[key])
         if mode in (None, "help"):
-            print(HELP)
+            print(help_text())
         elif mode == "version":
             print(__version__)
         elif mode in MODES:
@@ -270,7 +193,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
         print(f"yolo-prune: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .export import ParityError
+        from .deploy.export import ParityError
 
         if not isinstance(e, ParityError):
             raise

@@ -5,8 +5,7 @@
 GFLOP saved (:func:`removed_for_target`). The unit is an Ultralytics layer index (``model.<i>``): every coupled group
 rooted there is pruned together, which is the granularity ``prune_layers`` and ``prune_ignore`` use too.
 
-The allocator and the table reader live in :mod:`yolo_prune.allocate` (the engine plans with them, and must not import
-this module's validation and plotting); they are re-exported here.
+The allocator and the table reader live in :mod:`yolo_prune.engine.allocate` (the engine plans with them).
 """
 
 from __future__ import annotations
@@ -21,24 +20,13 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.files import increment_path
 
-from .allocate import layer_plan, read_table, removed_for_target
-from .cfg import PRUNE_DEFAULTS, PruneError
-from .checkpoint import atomic_write_bytes
-from .engine import ChannelPruner, model_info
-from .graph import check_supported, prepare_model
-from .plan import apply_plan
-
-__all__ = [
-    "COLUMNS",
-    "Validator",
-    "check_ratios",
-    "layer_plan",
-    "read_table",
-    "removed_for_target",
-    "sensitivity",
-    "sensitivity_run",
-    "write",
-]
+from ..cfg import KEYS, PruneError, imgsz_value
+from ..checkpoint import atomic_write_bytes, load_model
+from ..datasets import resolve_data
+from ..engine.allocate import layer_plan
+from ..engine.graph import check_supported, prepare_model
+from ..engine.plan import apply_plan
+from ..engine.pruner import ChannelPruner, model_info
 
 COLUMNS = ("layer", "ratio", "channels_removed", "params", "gflops", "map50", "map50_95", "drop")
 
@@ -86,7 +74,7 @@ def sensitivity(
     batch: int = 16,
     layers=None,
     method: str = "l2",
-    round_to: int = PRUNE_DEFAULTS["prune_round"],
+    prune_round: int = KEYS["prune_round"].default,
     device: str = "cpu",
     save_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
@@ -97,7 +85,7 @@ def sensitivity(
     check_supported(model)
     prepare_model(model)
     ratios = check_ratios(ratios)
-    pruner = ChannelPruner(model, method=method, round_to=round_to)
+    pruner = ChannelPruner(model, method, prune_round)
     units = pruner.layer_keys()
     if layers is not None:
         wanted = [int(x) for x in (layers if isinstance(layers, (list, tuple)) else [layers])]
@@ -169,19 +157,15 @@ def sensitivity_run(
     batch: int = 16,
     layers=None,
     prune_method: str = "l2",
-    prune_round: int = PRUNE_DEFAULTS["prune_round"],
+    prune_round: int = KEYS["prune_round"].default,
     device: str = "cpu",
     project: str | Path = "runs/sensitivity",
     name: str = "exp",
     exist_ok: bool = False,
 ) -> Path:
     """``yolo-prune sensitivity``: load ``model``, run :func:`sensitivity`, save under ``project/name``; returns the dir."""
-    from .checkpoint import load_model
-    from .datasets import resolve_data
-    from .oneshot import check_imgsz
-
     check_ratios(ratios)
-    imgsz = check_imgsz(imgsz)
+    imgsz = imgsz_value("imgsz", imgsz)
     if not data:
         raise PruneError("data is required; accepted: data=<dataset yaml or built-in name, e.g. shapes>")
     data = resolve_data(data)

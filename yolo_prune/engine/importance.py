@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..cfg import METHODS
+
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -35,6 +37,8 @@ GRAD_BATCHES = 16  # real training batches whose gradients rank the channels, in
 def register(name: str, factory: Callable[[], tp.importance.Importance], gradients: str | None = None) -> None:
     """Make ``prune_method=name`` build its criterion with ``factory()``; ``gradients="grad"|"grad2"`` if it reads them."""
     IMPORTANCES[name] = factory
+    if name not in METHODS:  # prune_method=name validates from now on
+        METHODS.append(name)
     if gradients:
         GRADIENT_METHODS[name] = gradients
 

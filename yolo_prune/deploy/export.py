@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from ultralytics.utils import LOGGER
 
-from .cfg import PruneError
-from .checkpoint import load_model
-from .datasets import make_image, resolve_data
+from ..cfg import PruneError
+from ..checkpoint import load_model
+from ..datasets import make_image, resolve_data
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
 # (fp16's worst measured 0.0025 on test models). Static INT8 moves single anchors by up to ~0.6 even when the export is
@@ -109,15 +109,6 @@ def _reference_model(weights: str | Path, nms: bool | None):
         if hasattr(m, "export"):
             m.export = True  # heads return the single tensor that exported graphs return
     return model
-
-
-def torch_reference(weights: str | Path, x: torch.Tensor, nms: bool | None = None) -> list[np.ndarray]:
-    """Outputs of the checkpoint as the exporter sees it (fp32, eval, head in export mode), for input ``x``.
-
-    One array per exported output: detections (boxes, scores and the task's extras: mask coefficients, keypoints,
-    angle), plus the mask prototypes for segmentation; class probabilities for classification.
-    """
-    return _reference_outputs(_reference_model(weights, nms), x)
 
 
 def _reference_outputs(model, x: torch.Tensor) -> list[np.ndarray]:

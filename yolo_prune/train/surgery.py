@@ -1,149 +1,30 @@
-"""The Ultralytics trainer side: a DetectionTrainer that keeps pruned shapes, and rebuilding training state after a step.
+"""Trainer surgery after a prune step: everything that held the old tensors is rebuilt, as Ultralytics built it.
 
-Stock ``Model.train()`` and resume rebuild the network from ``model.yaml`` and copy only shape-matching tensors, which
-silently trains the original size (or fails on resume with an optimizer group size mismatch). ``get_model`` here
-returns a pruned module as it is instead.
+torch-pruning makes new ``nn.Parameter`` objects, so after a step the DDP wrapper, the optimizer (same group layout
+and hyperparameters, for every optimizer including MuSGD's boosted head groups), the LR scheduler (same epoch), the
+EMA (same running average and update count) and ``last.pt`` (NaN recovery and resume reload it) are rebuilt here. Also
+here: the check that those Ultralytics internals are what this relies on, and what a prune step on rank 0 shares with
+the other DDP ranks.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import io
 import logging
 import math
 from copy import deepcopy
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import ultralytics
-from ultralytics.models.yolo.classify import ClassificationTrainer
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.models.yolo.obb import OBBTrainer
-from ultralytics.models.yolo.pose import PoseTrainer
-from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
-from .blocks import needs_yolo_prune
-from .cfg import SUPPORTED_ULTRALYTICS, PruneError
-from .checkpoint import atomic_write_bytes
-from .datasets import resolve_data
-from .distill import compile_off, is_distilling, projector_inputs, resize_projectors, student_of
-from .heads import class_count, set_class_count
-from .plan import PrunePlan, apply_plan, apply_plan_watching
-
-
-def is_pruned(model: nn.Module) -> bool:
-    """Whether a rebuild from ``model.yaml`` would lose something: pruning state, yolo-prune blocks, or any parameter
-    whose shape differs from the yaml's (a one-shot pruned model folds back to Ultralytics' classes, so only the
-    shapes tell)."""
-    model = unwrap_model(model)
-    if hasattr(model, "prune_state") or needs_yolo_prune(model):
-        return True
-    cfg = getattr(model, "yaml", None)
-    if not isinstance(cfg, dict):
-        return False  # nothing to rebuild from: the stock path decides
-    kwargs = {"verbose": False}
-    if "kpt_shape" in cfg:
-        kwargs["data_kpt_shape"] = tuple(cfg["kpt_shape"])
-    try:
-        # the yaml holds the final nc / kpt_shape / channels; fork_rng: the throwaway init must not shift the seed
-        with torch.random.fork_rng(devices=[]):
-            ref = type(model)(copy.deepcopy(cfg), **kwargs)
-    except Exception:  # noqa: BLE001  a class or yaml this Ultralytics cannot rebuild: neither can the stock path
-        return False
-    shapes = {k: v.shape for k, v in ref.state_dict().items()}
-    return any(k in shapes and v.shape != shapes[k] for k, v in model.state_dict().items())
-
-
-class PruneTrainerMixin:
-    """What every task's pruning trainer adds: built-in data names resolved for its task, pruned models kept as is."""
-
-    def __init__(self, *args, **kwargs):
-        """The stock trainer, with ``compile`` off when ``prune_distill`` will wrap the model for distillation.
-
-        Ultralytics turns compile off for ``distill_model`` in ``_setup_train`` on every rank; ``prune_distill`` wraps
-        the model later, so it is turned off here, where every DDP rank (and the launcher, whose args the workers get)
-        passes: a callback would run on rank 0 only and leave the ranks compiling differently.
-        """
-        super().__init__(*args, **kwargs)
-        from .callbacks import PruneCallbacks  # callbacks imports this module
-
-        owners = (getattr(fn, "__self__", None) for fns in self.callbacks.values() for fn in fns)
-        if any(isinstance(o, PruneCallbacks) and o.cfg["prune_distill"] for o in owners):
-            compile_off(self.args)
-
-    def get_dataset(self):
-        """Resolve built-in dataset names (``shapes`` follows the task: ``shapes-seg`` for segment) first."""
-        self.args.data = resolve_data(self.args.data, self.args.task)
-        return super().get_dataset()
-
-    def get_model(self, cfg=None, weights=None, verbose: bool = True):
-        """Return a pruned ``weights`` module unchanged; anything else goes the stock way (build from cfg, load).
-
-        A distillation checkpoint (a run's epoch{N}.pt or unstripped last.pt) starts from its student.
-        """
-        if weights is not None and is_distilling(weights):
-            weights = student_of(weights)
-        if weights is None or not is_pruned(weights):
-            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        nc = class_count(weights)
-        if nc != self.data["nc"]:  # transfer learning, as Ultralytics does it: new class outputs, the rest kept
-            n = set_class_count(weights, self.data["nc"])
-            LOGGER.info(
-                f"yolo-prune: the data has nc={self.data['nc']} and the model nc={nc}: rebuilt {n} class-output "
-                f"layers at the pruned widths; every other layer keeps its pruned width and weights"
-            )
-        if verbose:
-            LOGGER.info("yolo-prune: training the pruned model as it is (no rebuild from model.yaml)")
-        if hasattr(self, "set_model_names_for_load"):
-            return self.set_model_names_for_load(weights)
-        for p in weights.parameters():
-            p.requires_grad = True  # as ClassificationTrainer.get_model does
-        return weights
-
-    def validate(self):
-        """Validation metrics plus the model's size columns (``model/params_M``, ``model/GFLOPs``, ...).
-
-        ``trainer.metrics`` is the route every integration (TensorBoard, W&B, MLflow, ClearML, Comet, DVC) and
-        results.csv read metrics from; ``validate`` replaces it each epoch, so the columns are added here, from what
-        PruneCallbacks measured at the end of this epoch's training.
-        """
-        metrics, fitness = super().validate()
-        if metrics is not None:
-            metrics.update(getattr(self, "prune_metrics", None) or {})
-        return metrics, fitness
-
-
-class PruneDetectionTrainer(PruneTrainerMixin, DetectionTrainer):
-    """DetectionTrainer that trains pruned models as they are and accepts built-in dataset names (``data=shapes``)."""
-
-
-class PruneSegmentationTrainer(PruneTrainerMixin, SegmentationTrainer):
-    """SegmentationTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
-
-
-class PrunePoseTrainer(PruneTrainerMixin, PoseTrainer):
-    """PoseTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
-
-
-class PruneOBBTrainer(PruneTrainerMixin, OBBTrainer):
-    """OBBTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
-
-
-class PruneClassificationTrainer(PruneTrainerMixin, ClassificationTrainer):
-    """ClassificationTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
-
-
-TRAINERS = {
-    "detect": PruneDetectionTrainer,
-    "segment": PruneSegmentationTrainer,
-    "pose": PrunePoseTrainer,
-    "obb": PruneOBBTrainer,
-    "classify": PruneClassificationTrainer,
-}
+from ..cfg import SUPPORTED_ULTRALYTICS, PruneError
+from ..checkpoint import atomic_write_bytes, is_distilling, student_of
+from ..engine.plan import PrunePlan, apply_plan, apply_plan_watching
+from .ddp import rewrap_ddp
+from .distill import projector_inputs, resize_projectors
 
 
 def apply_step(trainer, plan: PrunePlan) -> None:
@@ -182,21 +63,6 @@ def renew_ema(ema: ModelEMA, model: nn.Module) -> ModelEMA:
     new = ModelEMA(model, updates=ema.updates)
     new.ema, new.enabled, new.decay = ema.ema, ema.enabled, ema.decay
     return new
-
-
-def rewrap_ddp(
-    ddp: nn.parallel.DistributedDataParallel, module: nn.Module | None = None
-) -> nn.parallel.DistributedDataParallel:
-    """A new DDP wrapper around the (pruned) module, or around ``module`` with the same settings: DDP's buckets and
-    parameter lists are fixed at construction."""
-    kwargs = {"find_unused_parameters": ddp.find_unused_parameters, "static_graph": ddp.static_graph}
-    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:  # torch >= 2.13
-        kwargs["forward_sync_buffers"] = ddp.forward_sync_buffers
-    else:
-        kwargs["broadcast_buffers"] = ddp.broadcast_buffers
-    return nn.parallel.DistributedDataParallel(
-        ddp.module if module is None else module, device_ids=ddp.device_ids, output_device=ddp.output_device, **kwargs
-    )
 
 
 def build_like_ultralytics(trainer, name: str | None = None) -> torch.optim.Optimizer:
@@ -331,19 +197,6 @@ def save_after_step(trainer) -> bool:
     atomic_write_bytes(trainer.last, buffer.getvalue())
     trainer.run_callbacks("on_model_save")
     return True
-
-
-def broadcast_from_rank0(obj):
-    """Rank 0's object on every rank (a no-op outside torch.distributed): a plan, so all ranks remove the same
-    channels, or a decision only rank 0 can make (the latency table's)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        obj = box[0]
-    return obj
-
-
-broadcast_plan = broadcast_from_rank0  # the name the step and its tests use for plans
 
 
 def trainer_batches(trainer, n: int):

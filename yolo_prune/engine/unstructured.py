@@ -21,9 +21,6 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from .graph import output_layers
 
-MODES = ("unstructured", "2:4")
-
-
 def _in_dim(m: nn.Conv2d) -> int:
     return m.in_channels // m.groups
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from ultralytics import YOLO
 
+from ..cfg import PruneError
 from .callbacks import PruneCallbacks
-from .cfg import PruneError
-from .trainer import TRAINERS
+from .trainers import TRAINERS
 
 
 class PruningYOLO(YOLO):
@@ -23,9 +23,18 @@ class PruningYOLO(YOLO):
 def add_pruning(model: YOLO, **keys: Any) -> YOLO:
     """Make ``model.train()`` prune between epochs; returns the same object.
 
-    Keys are the CLI's: ``prune`` (fraction of GFLOPs to remove), ``prune_steps``, ``prune_start``, ``prune_end``,
-    ``prune_method``, ``prune_round``. With no ``prune`` the model still trains with its pruned shapes kept, and a
-    resumed run continues the schedule stored in its checkpoint.
+    Args:
+        model: An ``ultralytics.YOLO`` model (any supported task).
+        **keys: The CLI's training keys (:data:`yolo_prune.cfg.KEYS`): ``prune`` (fraction of GFLOPs to remove),
+            ``prune_steps``, ``prune_start``, ``prune_end``, ``prune_method``, ``prune_round``, ... With no target the
+            model still trains with its pruned shapes kept, and a resumed run continues the schedule stored in its
+            checkpoint.
+
+    Returns:
+        The same object, now a :class:`PruningYOLO`.
+
+    Raises:
+        PruneError: A model that is not a ``YOLO`` of a supported task, or bad keys.
 
     Ultralytics' ``Model`` picks its trainer class from ``task_map`` with no hook to override it, so the wrapper's class
     becomes the :class:`PruningYOLO` subclass in place (the user's reference stays valid).

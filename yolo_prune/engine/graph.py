@@ -1,7 +1,7 @@
 """Tracing and grouping: which models are supported, how they are prepared and traced into torch-pruning's graph.
 
 This is the graph half of the engine (torch-pruning's ``DependencyGraph``): it knows nothing about importance, cost
-or plans. :class:`~yolo_prune.engine.ChannelPruner` builds on it.
+or plans. :class:`~yolo_prune.engine.pruner.ChannelPruner` builds on it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, 
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import C2fFolded, C2fSplit, C2PSAFolded, C2PSASplit, split_model
-from .cfg import PruneError
+from ..cfg import SUPPORTED_MODELS, PruneError
 from .importance import frozen_bn_stats
 
 # Ultralytics blocks the engine is verified on (YOLOv8 / YOLO11 / YOLO26 detection). Anything else from
@@ -75,7 +75,6 @@ SUPPORTED_HEADS = {
     OBBModel: (OBB, OBB26),
     ClassificationModel: (Classify,),
 }
-SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detect, segment, pose, obb and classify models"
 TRACE_IMGSZ = 64  # the dependency graph does not depend on spatial size; a small trace keeps time and RSS low
 
 

@@ -1,10 +1,10 @@
 """Allocation: how many channels each coupled group loses, for a ratio or a target on a cost model.
 
-Every allocator here returns ``removed`` (channels removed per group, in the pruner's group order) and reads only the
+Every allocator here takes the :class:`~yolo_prune.engine.pruner.ChannelPruner` (``pruner``) and returns ``removed`` (channels removed per group, in the pruner's group order) and reads only the
 pruner's bookkeeping: ``groups`` (with their importance scores, for global ranking), ``round_to``, the fixed
 ``layer_ratios`` (``fixed``), the split-half ``pairs`` and ``lock``. Which channels go inside a group is the pruner's
-business (:meth:`~yolo_prune.engine.ChannelPruner.plan_removed`); what a candidate costs is the cost model's
-(:mod:`yolo_prune.costs`).
+business (:meth:`~yolo_prune.engine.pruner.ChannelPruner.plan_removed`); what a candidate costs is the cost model's
+(:mod:`yolo_prune.engine.costs`).
 """
 
 from __future__ import annotations
@@ -13,21 +13,17 @@ import csv
 import heapq
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from ultralytics.utils import LOGGER
 
-from .cfg import PruneError
+from ..cfg import PruneError
 from .costs import CostModel, LatencyCost
 from .graph import match_layer
 from .plan import kept_channels
 
-if TYPE_CHECKING:  # type hints only: engine imports this module
-    from .engine import ChannelPruner
 
-
-def removed_uniform(pruner: ChannelPruner, ratio: float) -> list[int]:
+def removed_uniform(pruner, ratio: float) -> list[int]:
     """Channels to remove per group at one per-layer channel ``ratio`` (fixed ratios kept, split halves locked)."""
     return pruner.lock(
         [
@@ -37,7 +33,7 @@ def removed_uniform(pruner: ChannelPruner, ratio: float) -> list[int]:
     )
 
 
-def removed_for_cost(pruner: ChannelPruner, cost: CostModel, fraction: float) -> list[int]:
+def removed_for_cost(pruner, cost: CostModel, fraction: float) -> list[int]:
     """Channels to remove per group so the estimated cost fraction lands closest to ``fraction`` of ``cost.base``.
 
     torch-pruning only takes channel ratios, and GFLOPs fall roughly with the square of the kept width. A uniform
@@ -74,7 +70,7 @@ def removed_for_cost(pruner: ChannelPruner, cost: CostModel, fraction: float) ->
 
 
 def removed_global(
-    pruner: ChannelPruner, cost: CostModel, ratio: float | None = None, fraction: float | None = None
+    pruner, cost: CostModel, ratio: float | None = None, fraction: float | None = None
 ) -> list[int]:
     """Channels to remove per group, ranked across all groups (``prune_global``).
 
@@ -112,7 +108,7 @@ def removed_global(
     return removed
 
 
-def layer_plan(pruner: ChannelPruner, layer: int, ratio: float) -> list[int]:
+def layer_plan(pruner, layer: int, ratio: float) -> list[int]:
     """Channels removed per group when only ``layer`` is pruned, at channel ratio ``ratio``."""
     return [
         len(order) - kept_channels(len(order), ratio, pruner.round_to) if match_layer(name, layer) else 0
@@ -135,7 +131,7 @@ def read_table(path: str | Path) -> dict[int, dict[float, float]]:
 
 
 def removed_for_target(
-    pruner: ChannelPruner, path: str | Path, flops_fraction: float, cost: CostModel | None = None
+    pruner, path: str | Path, flops_fraction: float, cost: CostModel | None = None
 ) -> list[int]:
     """Per-group removals that reach ``flops_fraction`` of the GFLOPs at the least summed mAP drop.
 
@@ -187,7 +183,7 @@ def removed_for_target(
 
 
 def removed_for_latency(
-    pruner: ChannelPruner, cost: LatencyCost, target_ms: float, max_ratio: float = 0.9
+    pruner, cost: LatencyCost, target_ms: float, max_ratio: float = 0.9
 ) -> list[int]:
     """Channels to remove per group so the predicted latency reaches ``target_ms``, least importance lost per
     millisecond saved first.

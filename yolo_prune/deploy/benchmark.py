@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
-from .checkpoint import atomic_write_bytes, load_model
-from .engine import model_info
+from ..checkpoint import atomic_write_bytes, load_model
+from ..engine.pruner import model_info
+from ..engine.runtime import Runtime, onnx_runner, time_interleaved
 from .export import export
 
 FORMATS = ("onnx", "openvino")
@@ -33,32 +33,10 @@ FORMATS = ("onnx", "openvino")
 
 def _runner(file: str, fmt: str, threads: int):
     """A callable running one batch-1 inference of an exported model (ONNX file or OpenVINO folder) on its runtime."""
-    from .latency import Runtime, onnx_runner
-
     if fmt not in FORMATS:
         raise ValueError(fmt)
     model = file if fmt == "onnx" else str(next(Path(file).glob("*.xml")))
     return onnx_runner(model, Runtime("onnxruntime" if fmt == "onnx" else "openvino", threads=threads))
-
-
-def time_runs(fn, runs: int, warmup: int = 10) -> dict[str, float]:
-    """Median and p90 latency in ms of ``fn`` over ``runs`` calls after ``warmup`` calls."""
-    return time_interleaved({"x": fn}, runs, warmup)["x"]
-
-
-def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, dict[str, float]]:
-    """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...) after ``warmup`` calls
-    each, so a load change on a shared machine slows every model alike instead of skewing their ratio."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    t: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            t[k].append((time.perf_counter() - t0) * 1000)
-    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in t.items()}
 
 
 def torch_cuda_runner(weights: str, imgsz: int, device: str):

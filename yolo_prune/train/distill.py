@@ -20,24 +20,16 @@ import copy
 
 import torch
 import torch.nn as nn
+from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
-from .checkpoint import save_checkpoint
+from ..cfg import PruneError
+from ..checkpoint import is_distilling, save_checkpoint, student_of
+from .ddp import rewrap_ddp
 
 TEACHER = "teacher.pt"  # prune_distill's teacher, in the run's weights folder
-
-
-def is_distilling(model: nn.Module) -> bool:
-    """Whether ``model`` (DDP-wrapped or not) is Ultralytics' distillation wrapper."""
-    return isinstance(unwrap_model(model), DistillationModel)
-
-
-def student_of(model: nn.Module) -> nn.Module:
-    """The model being trained and pruned: the student inside a distillation wrapper, else the model itself."""
-    model = unwrap_model(model)
-    return model.student_model if isinstance(model, DistillationModel) else model
 
 
 @contextlib.contextmanager
@@ -120,7 +112,7 @@ def _write_teacher(trainer, teacher: nn.Module) -> None:
         save_checkpoint(snapshot, trainer.wdir / TEACHER, dict(vars(trainer.args)))
 
 
-def start_self_distillation(trainer, rewrap_ddp) -> None:
+def start_self_distillation(trainer) -> None:
     """Wrap the trainer's model with a frozen copy of itself as teacher, distillation weight 0 until the first step.
 
     Done at ``on_pretrain_routine_end``, after Ultralytics' own setup: the EMA is renewed around the wrapper (the
@@ -168,3 +160,37 @@ def refresh_teacher(trainer) -> None:
         f"yolo-prune: distilling from the model as it was before the first prune step (dis={trainer.args.dis}, "
         f"{trainer.wdir / TEACHER})"
     )
+
+
+def begin(trainer, state: dict) -> bool:
+    """``prune_distill`` at the start of a run: wrap the model (distillation weight 0 until the first step), or on
+    resume check that Ultralytics rebuilt the wrapper. Returns whether the optimizer must be rebuilt (it must hold the
+    projectors).
+
+    Raises:
+        PruneError: A resumed ``prune_distill`` checkpoint that names no teacher.
+    """
+    wrapped = False
+    if not is_distilling(trainer.model):
+        if trainer.resume:  # Ultralytics rebuilds the wrapper from distill_model (weights/teacher.pt)
+            raise PruneError(
+                "model: this prune_distill run's checkpoint names no teacher (distill_model); accepted: resume a "
+                "last.pt written by yolo-prune with prune_distill=True"
+            )
+        start_self_distillation(trainer)
+        wrapped = True
+        if trainer.args.dis == DEFAULT_CFG.dis:
+            LOGGER.warning(
+                f"yolo-prune: prune_distill with dis={trainer.args.dis} (Ultralytics' default): on the shipped "
+                f"shapes models it scored about 1 mAP50-95 point below dis=1.0 "
+                f"(benchmarks/results/accuracy_converged.md); set dis= to choose the distillation weight"
+            )
+    if state["done"] == 0:
+        set_weight(trainer, 0.0)
+    LOGGER.info(
+        f"yolo-prune: prune_distill: the teacher is the model as it is at the first prune step (epoch "
+        f"{state['schedule'][0] + 1}); dis={trainer.args.dis} from then on"
+        if state["done"] == 0
+        else f"yolo-prune: prune_distill: distilling from {trainer.args.distill_model} (dis={trainer.args.dis})"
+    )
+    return wrapped

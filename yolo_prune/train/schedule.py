@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from .cfg import PruneError
+from ..cfg import PruneConfig, PruneError
 
 # default share of epochs left for fine-tuning after the last step: 0.6 measured best in the lever runs (a last step at
 # 70% of the run left too few epochs to recover; benchmarks/results/accuracy_levers.md)
@@ -23,13 +23,6 @@ class PruneSchedule:
     @property
     def steps(self) -> int:
         return len(self.epochs)
-
-    def keep_after(self, step: int) -> float:
-        """Fraction of the original GFLOPs left after ``step`` steps (linear: each step removes an equal share)."""
-        return 1.0 - self.prune * step / self.steps
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_schedule(
@@ -64,7 +57,10 @@ def make_schedule(
                 f"{key}={v!r} is invalid; accepted: an epoch from 0 to {last_allowed} (epochs={total_epochs})"
             )
     if end < start:
-        raise PruneError(f"prune_end={end} is before prune_start={start}; accepted: prune_start <= prune_end")
+        end_is = f"prune_end={end}" if not auto_end else f"the default prune_end (epoch {end}: the last 60% of "
+        end_is += "" if not auto_end else f"epochs={total_epochs} fine-tune)"
+        raise PruneError(f"{end_is} is before prune_start={start}; accepted: prune_start <= prune_end (set prune_end, "
+                         f"or more epochs)")  # fmt: skip
     if steps > end - start + 1:
         raise PruneError(
             f"prune_steps={steps} does not fit epochs {start}..{end}; accepted: at most {end - start + 1} steps "
@@ -93,6 +89,23 @@ def warn_if_missed(target: float, base_gflops: float, gflops: float, where: str)
         f"GFLOPs), target {target:.1%}; the nearest reachable plan at this prune_round was used"
     )
     return True
+
+
+def new_schedule(cfg: PruneConfig, epochs: int, patience: int | None, val: bool = True) -> PruneSchedule:
+    """The schedule of a new run, checked against the run's epochs and early stopping.
+
+    Args:
+        cfg: The validated config (its target, ``prune_steps``, ``prune_start``, ``prune_end``).
+        epochs: The run's ``epochs``.
+        patience: The run's ``patience`` (early stopping must not cut the schedule short).
+        val: The run's ``val`` (without validation there is no early stopping).
+
+    Raises:
+        PruneError: Steps that do not fit the epochs, or a patience that can stop the run before the last step.
+    """
+    schedule = make_schedule(cfg.target, epochs, cfg.prune_steps, cfg.prune_start, cfg.prune_end)
+    check_patience(patience, schedule.epochs, val=val)
+    return schedule
 
 
 def check_patience(patience: int | None, epochs: list[int], start: int = 0, val: bool = True) -> None:

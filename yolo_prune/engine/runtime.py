@@ -1,0 +1,237 @@
+"""Runtimes and timing: where latency is measured, and how, so a load change on a shared machine hits every model alike.
+
+A :class:`Runtime` names the runtime (ONNX Runtime, OpenVINO, PyTorch), its device and threads, and the input batch and
+size. Runners are callables doing one inference; :func:`time_interleaved` times several in alternation, which is how
+every speed-up yolo-prune reports is measured (the latency table, the closed loop of ``prune_latency``, and
+``yolo-prune benchmark``). Whole models run as deployed: exported by Ultralytics' exporter (:func:`model_runner`).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ultralytics.utils import LOGGER
+
+from ..checkpoint import save_checkpoint
+from ..cfg import PruneError
+from .blocks import fold_model
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where latency is measured: the runtime, its device and thread count, and the input batch and size."""
+
+    name: str = "onnxruntime"
+    device: str = "cpu"
+    threads: int | None = None
+    batch: int = 1
+    imgsz: int = 640
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"runtime": self.name, "device": self.device, "threads": self.threads, "batch": self.batch}
+
+
+def check_runtime(name: str, device: str | None = None) -> str:
+    """Check that runtime ``name`` (a valid ``prune_runtime``, see :mod:`yolo_prune.cfg`) can run here on ``device``;
+    returns the device to time on.
+
+    Raises:
+        PruneError: The runtime is not installed, or the device does not exist or does not fit the runtime.
+    """
+    device = str(device if device is not None else ("0" if name == "torch" else "cpu"))
+    if name == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise PruneError(
+                "prune_runtime=openvino needs OpenVINO, which is not installed; accepted: pip install openvino "
+                "(or pip install 'yolo-prune[openvino]'), or prune_runtime=onnxruntime"
+            ) from None
+    if name in ("onnxruntime", "openvino") and device != "cpu":
+        raise PruneError(f"device={device} is invalid with prune_runtime={name}; accepted: device=cpu")
+    if name == "torch" and device != "cpu" and not torch.cuda.is_available():
+        raise PruneError(
+            f"prune_runtime=torch device={device} needs a CUDA GPU and none is available; accepted: device=cpu "
+            f"(times PyTorch fp32 on the CPU), or prune_runtime=onnxruntime|openvino"
+        )
+    return device
+
+
+# --- timing ----------------------------------------------------------------------------------------------------------
+def _median_ms(fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25) -> float:
+    """Median of up to ``runs`` timed calls after ``warmup``, stopping early once ``budget_s`` is spent."""
+    for _ in range(warmup):
+        fn()
+    t, start = [], time.perf_counter()
+    while len(t) < runs and (len(t) < 3 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(t))
+
+
+def _conv_onnx(sig: tuple, opset: int = 17) -> bytes:
+    """A one-conv ONNX model (conv + bias, SiLU if ``act``) of signature ``sig``, built directly with onnx.helper:
+    exporting a torch module per shape would cost more than timing it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cin, cout, k, s, p, g, d, h, w, act, batch = sig
+    rng = np.random.default_rng(0)
+    wt = numpy_helper.from_array(rng.standard_normal((cout, cin // g, k, k)).astype(np.float32) * 0.05, "W")
+    b = numpy_helper.from_array(np.zeros(cout, np.float32), "B")
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "W", "B"], ["c"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g, dilations=[d, d]
+        )
+    ]
+    if act:
+        nodes += [helper.make_node("Sigmoid", ["c"], ["sg"]), helper.make_node("Mul", ["c", "sg"], ["y"])]
+    else:
+        nodes += [helper.make_node("Identity", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [wt, b],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+def onnx_runner(model: bytes | str, rt: Runtime) -> Callable[[], Any]:
+    """A callable running one inference of an ONNX model (bytes or path) on ``rt`` (ONNX Runtime or OpenVINO)."""
+    if rt.name == "onnxruntime":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if rt.threads:
+            so.intra_op_num_threads = rt.threads
+        s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        inp = s.get_inputs()[0]
+        x = np.random.rand(*[d if isinstance(d, int) else rt.batch for d in inp.shape]).astype(np.float32)
+        return lambda: s.run(None, {inp.name: x})
+    import openvino as ov
+
+    core = ov.Core()
+    if rt.threads:
+        core.set_property("CPU", {"INFERENCE_NUM_THREADS": rt.threads})
+    m = core.read_model(model=model) if isinstance(model, bytes) else core.read_model(str(model))
+    compiled = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    shape = [d.get_length() if d.is_static else rt.batch for d in compiled.input(0).get_partial_shape()]
+    x = np.random.rand(*shape).astype(np.float32)
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Callable[[], Any]:
+    """A callable running ``module`` on ``rt``'s device (CUDA fp16, synchronized; fp32 on the CPU)."""
+    cuda = rt.device != "cpu"
+    dev = torch.device(f"cuda:{rt.device}" if cuda and rt.device.isdigit() else rt.device)
+    dtype = torch.half if cuda else torch.float32
+    module = module.to(dev, dtype).eval()
+    x = torch.rand(*shape, device=dev, dtype=dtype)
+
+    def run():
+        with torch.inference_mode():
+            module(x)
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    return run
+
+
+def call_overhead_ms(rt: Runtime) -> float:
+    """Milliseconds one runtime call costs with next to no work (an Identity on 16 values): timed alone, every conv
+    carries it once, while the whole model pays it once in total, so it is taken off each conv's time."""
+    if rt.name == "torch":
+        return _median_ms(torch_runner(nn.Identity(), (1, 16), rt), runs=50)
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return _median_ms(onnx_runner(model, rt), runs=50)
+
+
+def time_conv(sig: tuple, rt: Runtime) -> float:
+    """Milliseconds of one conv of signature ``sig`` on ``rt``."""
+    if rt.name == "torch":
+        cin, cout, k, s, p, g, d, h, w, act, batch = sig
+        m = nn.Sequential(nn.Conv2d(cin, cout, k, s, p, dilation=d, groups=g), nn.SiLU() if act else nn.Identity())
+        return _median_ms(torch_runner(m, (batch, cin, h, w), rt))
+    return _median_ms(onnx_runner(_conv_onnx(sig), rt))
+
+
+def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, dict[str, float]]:
+    """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...) after ``warmup`` calls
+    each, so a load change on a shared machine slows every model alike instead of skewing their ratio."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    t: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            t[k].append((time.perf_counter() - t0) * 1000)
+    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in t.items()}
+
+
+# --- the whole model -------------------------------------------------------------------------------------------------
+def model_runner(model: nn.Module, rt: Runtime, workdir: str | Path) -> Callable[[], Any]:
+    """A callable running the whole (folded) model as deployed: Ultralytics' exporter for ONNX Runtime / OpenVINO,
+    the fused module for torch."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import guess_model_task
+
+    net = copy.deepcopy(model).float().eval()
+    fold_model(net)
+    shape = (rt.batch, 3, rt.imgsz, rt.imgsz)
+    if rt.name == "torch":
+        return torch_runner(net.fuse() if hasattr(net, "fuse") else net, shape, rt)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    task = getattr(net, "task", None) or guess_model_task(net)
+    pt = save_checkpoint(net, workdir / f"m{len(list(workdir.iterdir()))}.pt", {"task": task, "imgsz": rt.imgsz})
+    fmt = "onnx" if rt.name == "onnxruntime" else "openvino"
+    file = YOLO(str(pt)).export(format=fmt, imgsz=rt.imgsz, batch=rt.batch, verbose=False)
+    return onnx_runner(str(file) if fmt == "onnx" else str(next(Path(file).glob("*.xml"))), rt)
+
+
+def measure_models(
+    models: dict[str, nn.Module], rt: Runtime, runs: int = 50, runners: dict[str, Callable] | None = None
+) -> dict[str, float]:
+    """Median milliseconds of each whole model on ``rt``, timed in alternation (so load changes hit all alike).
+
+    ``runners`` holds callables already built (by :func:`model_runner`), e.g. the unpruned model's across re-aims;
+    the ones built here are added to it.
+    """
+    runners = {} if runners is None else runners
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")  # an export logs a page per model
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, m in models.items():
+                if k not in runners:
+                    runners[k] = model_runner(m, rt, tmp)
+            fns = {k: runners[k] for k in models}
+            return {k: v["median_ms"] for k, v in time_interleaved(fns, runs).items()}
+    finally:
+        LOGGER.setLevel(level)
+

@@ -1,0 +1,257 @@
+"""Planning to a target and pruning in one call: a GFLOPs fraction (:func:`plan_for_target`), a measured latency
+fraction on a runtime (:func:`plan_for_latency`), and :func:`prune_model`, which plans and applies either.
+
+Arguments are named as the keys of :mod:`yolo_prune.cfg` (``prune``, ``prune_ratio``, ``prune_latency``,
+``prune_method``, ``prune_round``, ``prune_ignore``, ...), so a validated :class:`~yolo_prune.cfg.PruneConfig` passes
+straight through.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch.nn as nn
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel
+from ultralytics.utils.torch_utils import get_flops, unwrap_model
+
+from ..cfg import KEYS, PruneConfig, PruneError
+from .allocate import removed_for_latency, removed_for_target
+from .costs import LatencyCost
+from .graph import check_supported, prepare_model
+from .importance import GRADIENT_METHODS, accumulate_gradients
+from .latency import LatencyTable, build_table
+from .plan import PrunePlan, apply_plan, check_forward
+from .pruner import ChannelPruner
+from .runtime import Runtime, measure_models
+
+ROUND = KEYS["prune_round"].default
+
+
+def plan_for_target(
+    model: nn.Module,
+    prune: float | None = None,
+    prune_ratio: float | None = None,
+    prune_method: str = "l2",
+    prune_round: int = ROUND,
+    imgsz: int = 640,
+    ignored_layers=(),
+    prune_sensitivity: str | None = None,
+    **options,
+) -> PrunePlan:
+    """Plan a prune of ``model`` (prepared) that removes the fraction ``prune`` of its GFLOPs, or uses ``prune_ratio``.
+
+    For a GFLOPs target the estimate is checked against Ultralytics' counter on a pruned copy and re-aimed up to
+    twice, since non-conv ops and rounding shift the real figure by a point or two.
+
+    Args:
+        model: A prepared model (:func:`~yolo_prune.engine.graph.prepare_model`).
+        prune: Fraction of the GFLOPs at ``imgsz`` to remove.
+        prune_ratio: Instead: one channel ratio for every group. With neither, only ``prune_layers`` is planned.
+        prune_method: Importance criterion; ``sensitivity`` allocates per layer from ``prune_sensitivity``.
+        prune_round: Kept channel counts are multiples of this.
+        imgsz: Image size the GFLOPs are counted at.
+        ignored_layers: Extra modules kept intact.
+        prune_sensitivity: A sensitivity.csv, for ``prune_method="sensitivity"``.
+        **options: :class:`~yolo_prune.engine.pruner.ChannelPruner`'s ``prune_ignore``, ``prune_layers``,
+            ``prune_global``, ``prune_max_ratio``.
+
+    Returns:
+        The plan, with ``est_flops_fraction`` the GFLOPs fraction it really leaves.
+
+    Raises:
+        PruneError: A gradient criterion without gradients, or a sensitivity plan without ``prune``.
+    """
+    method = prune_method
+    if method in GRADIENT_METHODS and not any(p.grad is not None for p in model.parameters()):
+        raise PruneError(
+            f"prune_method={method} ranks channels by gradients, and none were accumulated; accepted: pass data= "
+            f"(one-shot) or prune while training"
+        )
+    pruner = ChannelPruner(model, method, prune_round, ignored_layers, **options)
+    if method == "sensitivity":
+        if prune is None:
+            raise PruneError("prune_method=sensitivity plans for a GFLOPs target; accepted: prune=<0-1>")
+        # the sensitivity table allocates the per-layer ratios
+        plan = pruner.plan_removed(removed_for_target(pruner, prune_sensitivity, 1.0 - prune))
+        plan.est_flops_fraction = get_flops(apply_plan(copy.deepcopy(model), plan), imgsz) / get_flops(model, imgsz)
+        return plan
+    if prune is None:
+        return pruner.plan(ratio=prune_ratio)
+    base = get_flops(model, imgsz)
+    target = 1.0 - prune
+    aim = target
+    best = None
+    for _ in range(3):
+        plan = pruner.plan(flops_fraction=min(max(aim, 0.01), 1.0))
+        real = get_flops(apply_plan(copy.deepcopy(model), plan), imgsz) / base
+        if best is None or abs(real - target) < abs(best[1] - target):
+            best = (plan, real)
+        if abs(real - target) <= 0.005:
+            break
+        aim += target - real
+    plan, real = best
+    plan.est_flops_fraction = real
+    return plan
+
+
+def detection_loss(model: nn.Module):
+    """``batch -> scalar loss`` of an Ultralytics model, for gradient criteria outside a trainer.
+
+    Checkpoints carry ``args`` as a dict, while the loss reads hyperparameters (box, cls, dfl) as attributes.
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.utils import IterableSimpleNamespace
+
+    args = getattr(model, "args", None)
+    if not hasattr(args, "box"):
+        saved = args if isinstance(args, dict) else {}
+        model.args = IterableSimpleNamespace(
+            **{**DEFAULT_CFG_DICT, **{k: v for k, v in saved.items() if k in DEFAULT_CFG_DICT}}
+        )
+    return lambda batch: model.loss(batch)[0].sum()
+
+
+def prune_model(
+    model: nn.Module,
+    prune: float | None = None,
+    prune_ratio: float | None = None,
+    prune_method: str = "l2",
+    prune_round: int = ROUND,
+    imgsz: int = 640,
+    ignored_layers=(),
+    batches=None,
+    prune_latency: float | None = None,
+    runtime: Runtime | None = None,
+    **options,
+) -> PrunePlan:
+    """Prune an Ultralytics model in place (plan, apply, check both forwards); returns the plan that was applied.
+
+    Args:
+        model: ``DetectionModel`` (or any supported task's model, or a ``YOLO`` wrapper), from a yaml or a .pt.
+        prune: Fraction of GFLOPs to remove (0 < prune < 1), measured at ``imgsz``.
+        prune_ratio: Plain per-layer channel ratio instead of ``prune``.
+        prune_method: Importance criterion (``l1``, ``l2``, ``bn``, ``taylor``, ``lamp``, ``fpgm``, ``hessian``,
+            ``random``, ``sensitivity``).
+        prune_round: Kept channel counts are multiples of this.
+        imgsz: Image size the GFLOPs are counted at.
+        ignored_layers: Extra modules kept intact.
+        batches: Training batches (Ultralytics batch dicts, preprocessed) for ``taylor`` / ``hessian``.
+        prune_latency: Instead of ``prune``: the fraction of the measured latency on ``runtime`` to remove; the
+            returned plan's ``latency`` holds the predicted and measured milliseconds before and after.
+        runtime: Where latency is measured (:class:`~yolo_prune.engine.runtime.Runtime`; ONNX Runtime at ``imgsz`` by
+            default).
+        **options: The other engine keys of :class:`~yolo_prune.cfg.PruneConfig`: ``prune_ignore``, ``prune_layers``,
+            ``prune_global``, ``prune_max_ratio``, ``prune_sensitivity``.
+
+    Returns:
+        The plan that was applied.
+
+    Raises:
+        PruneError: Keys the config refuses, an unsupported model, or an unreachable latency target.
+    """
+    keys = {"prune": prune, "prune_ratio": prune_ratio, "prune_latency": prune_latency, "prune_method": prune_method,
+            "prune_round": prune_round, **options}  # fmt: skip
+    PruneConfig.from_keys({k: v for k, v in keys.items() if v is not None}, mode="prune")  # the one set of rules
+    method, ratio, latency = prune_method, prune_ratio, prune_latency
+    model = unwrap_model(
+        getattr(model, "model", model) if not isinstance(model, (DetectionModel, ClassificationModel)) else model
+    )
+    check_supported(model)
+    prepare_model(model)
+    if method in GRADIENT_METHODS and batches is not None:
+        saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
+        accumulate_gradients(model, batches, detection_loss(model), GRADIENT_METHODS[method])
+        for k in ("args", "criterion"):  # leave the model's args and loss as they were (checkpoints pickle them)
+            model.__dict__.pop(k, None)
+        model.__dict__.update(saved)
+    try:
+        if latency is not None:
+            rt = runtime or Runtime(imgsz=imgsz)
+            options.pop("prune_sensitivity", None)  # latency allocates by importance per millisecond, not by a table
+            plan, info = plan_for_latency(model, latency, rt, method, prune_round, ignored_layers, **options)
+            plan.latency = info
+        else:
+            plan = plan_for_target(model, prune, ratio, method, prune_round, imgsz, ignored_layers, **options)
+    finally:
+        model.zero_grad(set_to_none=True)
+    apply_plan(model, plan)
+    check_forward(model)
+    return plan
+
+
+MEASURE_TOLERANCE = 0.02  # measured latency ratio within 2 points of the target: 2x lands in 1.92x-2.08x
+
+
+def plan_for_latency(
+    model: nn.Module,
+    fraction: float,
+    rt: Runtime,
+    prune_method: str = "l2",
+    prune_round: int = ROUND,
+    ignored_layers=(),
+    table: LatencyTable | None = None,
+    keep_ms: float | None = None,
+    base_ms: float | None = None,
+    measure: bool = True,
+    **options,
+) -> tuple[PrunePlan, dict]:
+    """Plan a prune of ``model`` (prepared) that removes ``fraction`` of its latency on ``rt``; returns (plan, info).
+
+    Channels go by importance lost per predicted millisecond saved (:func:`removed_for_latency`) until the predicted
+    latency reaches ``keep_ms`` (default: ``1 - fraction`` of the model's own). With ``measure`` the pruned model is
+    exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed up to twice
+    until the measured ratio is within 2 points of the target; ``info`` carries predicted and measured milliseconds.
+    PruneError if the target cannot be reached, with the best reachable fraction.
+    """
+    pruner = ChannelPruner(model, prune_method, prune_round, ignored_layers, **options)
+    max_ratio = pruner.max_ratio
+    table = table or build_table(model, rt, prune_round)
+    cost = LatencyCost(pruner, table)
+    target = keep_ms if keep_ms is not None else (1 - fraction) * cost.base
+
+    def solve(aim: float):
+        removed = removed_for_latency(pruner, cost, aim, max_ratio)
+        return removed, cost.estimate(removed)
+
+    removed, pred = solve(target)
+    if pred > target + 0.01 * cost.base:
+        reach = 1 - pred / (base_ms or cost.base)  # of the run's starting latency (training) or the model's
+        raise PruneError(
+            f"prune_latency={fraction:g} cannot be reached on {rt.name} at imgsz {rt.imgsz}: the model's convs can "
+            f"give at most {max(reach, 0):.2f} of its latency (prune_round={prune_round}, prune_max_ratio={max_ratio}); "
+            f"accepted: prune_latency <= {max(reach, 0):.2f}"
+        )
+    plan = pruner.plan_removed(removed)
+    info = {
+        "runtime": rt.name,
+        "device": rt.device,
+        "threads": rt.threads,
+        "imgsz": rt.imgsz,
+        "batch": rt.batch,
+        "table": str(table.path),
+        "table_shapes_timed": table.timed,
+        "fixed_ms": round(table.fixed_ms, 3),
+        "predicted_ms": [round(cost.base, 3), round(pred, 3)],
+    }
+    if not measure:
+        return plan, info
+    want = target / cost.base  # the measured ratio pruned / unpruned to reach
+    aim, best, runners = target, None, {}
+    for _ in range(3):
+        runners.pop("pruned", None)  # the unpruned model's export is reused across re-aims
+        ms = measure_models({"base": model, "pruned": apply_plan(copy.deepcopy(model), plan)}, rt, runners=runners)
+        ratio = ms["pruned"] / ms["base"]
+        if best is None or abs(ratio - want) < abs(best[1] - want):
+            best = (plan, ratio, ms, pred)
+        if abs(ratio - want) <= MEASURE_TOLERANCE:
+            break
+        aim *= want / ratio  # the prediction was off by this much on this machine: aim where the measurement lands
+        removed, pred = solve(aim)
+        plan = pruner.plan_removed(removed)
+    plan, ratio, ms, pred = best
+    info.update(
+        predicted_ms=[round(cost.base, 3), round(pred, 3)],
+        measured_ms=[round(ms["base"], 3), round(ms["pruned"], 3)],
+        measured_speedup=round(1 / ratio, 3),
+    )
+    return plan, info
