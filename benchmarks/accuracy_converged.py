@@ -67,11 +67,12 @@ def run_spec(
     spec: dict, family: str, base: Path, base_info: dict, p: dict, device: str, work: Path, dis: float
 ) -> dict:
     """Train and evaluate one run (or read its kept result)."""
-    from accuracy import evaluate, train, width_yaml
+    from accuracy_shared import evaluate, train, width_yaml
     from ultralytics import YOLO
 
     from yolo_prune.checkpoint import save_checkpoint
-    from yolo_prune.engine import model_info, prune_model
+    from yolo_prune.engine.pruner import model_info
+    from yolo_prune.engine.targets import prune_model
 
     row, red, budget, seed = spec["row"], spec["reduction"], spec["budget"], spec["seed"]
     n = base_info["epochs"]
@@ -90,7 +91,7 @@ def run_spec(
         best, _ = train(YOLO(str(base)), name, p, e, device, work, seed=seed, prune=red, **extra)
     elif row == "C":
         net = YOLO(str(base)).model
-        prune_model(net, prune=red, method="l2")
+        prune_model(net, prune=red, prune_method="l2")
         pruned = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": p["imgsz"]})
         best, _ = train(YOLO(str(pruned)), name, p, e, device, work, seed=seed)
     elif row == "D":
@@ -235,7 +236,7 @@ def write(name: str, runs: list[dict], bases: dict, out: dict) -> None:
 def run(families: list[str], rows: list[str], p: dict, device: str, work: Path, seeds: int, budgets: list[str],
         reductions: list[float], dis: float, name: str, out: dict) -> None:  # fmt: skip
     """The converged profile: bases, then every run, writing the results after each."""
-    from accuracy import converged_base
+    from accuracy_shared import converged_base
 
     bases = {}
     t0 = time.perf_counter()
@@ -272,7 +273,8 @@ def remeasure(work: Path, families: list[str], p: dict) -> None:
     the medians into the kept results: timings taken while other runs trained on the same cores are noise."""
     from ultralytics import YOLO
 
-    from yolo_prune.benchmark import _runner, time_interleaved
+    from yolo_prune.deploy.benchmark import _runner
+    from yolo_prune.engine.runtime import time_interleaved
 
     files = {}
     for f in sorted(work.glob("*/row.json")):

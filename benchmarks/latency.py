@@ -31,10 +31,10 @@ def main() -> None:
     a = ap.parse_args()
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_prune.benchmark import benchmark
+    from yolo_prune.deploy.benchmark import benchmark
     from yolo_prune.checkpoint import save_checkpoint
-    from yolo_prune.engine import prune_model
-    from yolo_prune.latency import Runtime
+    from yolo_prune.engine.targets import prune_model
+    from yolo_prune.engine.runtime import Runtime
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,7 +48,7 @@ def main() -> None:
                         plan = prune_model(m, prune=0.5, imgsz=a.imgsz)
                     else:
                         rt = Runtime(rt_name, "cpu", a.threads, 1, a.imgsz)
-                        plan = prune_model(m, latency=0.5, runtime=rt, imgsz=a.imgsz)
+                        plan = prune_model(m, prune_latency=0.5, runtime=rt, imgsz=a.imgsz)
                     pt = save_checkpoint(m, Path(tmp) / f"{stem}_{rt_name}_{key}.pt", {"task": "detect"})
                     fmt = FORMAT[rt_name]
                     res = benchmark(

@@ -125,7 +125,7 @@ def main() -> None:
         want = {k: json.loads(json.dumps(v)) for k, v in want.items()}
         got = json.loads(json.dumps(got))
         same = {k: want.get(k) == v for k, v in got.items()}
-        body = [f"| case | plan digest | identical to --check file |", "|---|---|---|"]
+        body = ["| case | plan digest | identical to --check file |", "|---|---|---|"]
         body += [f"| {k} | `{digest[k]}` | {'yes' if same[k] else 'NO'} |" for k in got]
         save("plan_identity", {**header(), "digest": digest, "identical": same}, body)
         sys.exit(0 if all(same.values()) else 1)

@@ -26,9 +26,9 @@ def main() -> None:
     a = ap.parse_args()
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_prune.benchmark import benchmark
+    from yolo_prune.deploy.benchmark import benchmark
     from yolo_prune.checkpoint import save_checkpoint
-    from yolo_prune.engine import prune_model
+    from yolo_prune.engine.targets import prune_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,7 +38,7 @@ def main() -> None:
             )
             for r in a.rounds:
                 m = DetectionModel(cfg, verbose=False)
-                prune_model(m, prune=0.5, round_to=r, imgsz=a.imgsz)
+                prune_model(m, prune=0.5, prune_round=r, imgsz=a.imgsz)
                 pt = save_checkpoint(m, Path(tmp) / f"{Path(cfg).stem}_r{r}.pt", {"task": "detect"})
                 res = benchmark(
                     str(pt), str(base), imgsz=a.imgsz, runs=a.runs, threads=a.threads, project=tmp, name="b"

@@ -21,8 +21,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_prune.engine import apply_plan, plan_for_target, prepare_model
-    from yolo_prune.trainer import broadcast_plan, rewrap_ddp
+    from yolo_prune.engine.plan import apply_plan
+    from yolo_prune.engine.targets import plan_for_target
+    from yolo_prune.engine.graph import prepare_model
+    from yolo_prune.train.ddp import broadcast_from_rank0, rewrap_ddp
 
     model = DetectionModel("yolo11n.yaml", nc=6, verbose=False)
     g = torch.Generator().manual_seed(rank)  # different weights per rank: only the broadcast can make choices agree
@@ -32,7 +34,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     prepare_model(model)
     local = plan_for_target(model, prune=0.5, imgsz=128)  # what this rank alone would choose
     ddp = torch.nn.parallel.DistributedDataParallel(model)  # syncs rank 0's weights to every rank
-    plan = broadcast_plan(local if rank == 0 else None)
+    plan = broadcast_from_rank0(local if rank == 0 else None)
     apply_plan(model, plan)
     ddp = rewrap_ddp(ddp)  # the old wrapper's buckets reference the unpruned tensors
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(rank))  # each rank its own batch
@@ -78,9 +80,10 @@ def _distill_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.torch_utils import ModelEMA
 
-    import yolo_prune.trainer as tr
-    from yolo_prune.distill import check_projectors, hooks_off, refresh_teacher, start_self_distillation
-    from yolo_prune.engine import plan_for_target, prepare_model
+    import yolo_prune.train.trainers as tr
+    from yolo_prune.train.distill import check_projectors, hooks_off, refresh_teacher, start_self_distillation
+    from yolo_prune.engine.targets import plan_for_target
+    from yolo_prune.engine.graph import prepare_model
 
     # the optimizer rebuild needs a full trainer and is covered by test_trainer; here: wrapper, projectors, EMA, DDP
     tr.rebuild_optimizer = lambda trainer, epoch=None: None
@@ -95,7 +98,7 @@ def _distill_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     start_self_distillation(trainer, tr.rewrap_ddp)  # prune_distill at setup: DDP(student) -> DDP(wrapper)
     refresh_teacher(trainer)  # the first step: teacher = EMA weights, dis on
     wrapper = trainer.model.module
-    plan = tr.broadcast_plan(plan_for_target(model, prune=0.5, imgsz=64) if rank == 0 else None)
+    plan = tr.broadcast_from_rank0(plan_for_target(model, prune=0.5, imgsz=64) if rank == 0 else None)
     with hooks_off(trainer):
         tr.apply_step(trainer, plan)
     check_projectors(trainer.model.module)

@@ -14,7 +14,8 @@ from ultralytics import YOLO
 from yolo_prune import add_pruning
 from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.datasets import builtin_dataset
-from yolo_prune.engine import model_info, prune_model
+from yolo_prune.engine.pruner import model_info
+from yolo_prune.engine.targets import prune_model
 
 TRAIN = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "exist_ok": True}
 
@@ -62,10 +63,10 @@ def test_prune_distill_two_steps_resume_and_student_only_export(tmp_path, tiny_d
     assert float(_rows(tmp_path / "d")[-1]["train/dis_loss"]) > 0
 
     # a distillation checkpoint (epoch{N}.pt holds the wrapper) loads as its student for prune / export / benchmark
-    from yolo_prune.benchmark import describe
+    from yolo_prune.deploy.benchmark import describe
     from yolo_prune.checkpoint import load_model
-    from yolo_prune.export import export
-    from yolo_prune.graph import check_supported
+    from yolo_prune.deploy.export import export
+    from yolo_prune.engine.graph import check_supported
 
     student = load_model(w / "epoch2.pt")
     check_supported(student.model)
@@ -154,8 +155,9 @@ def test_watched_inputs_are_the_channels_the_consumer_keeps():
     """apply_plan_watching names the input channels a conv keeps: its new weight is the old one's kept columns."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_prune.engine import plan_for_target, prepare_model
-    from yolo_prune.plan import apply_plan_watching
+    from yolo_prune.engine.targets import plan_for_target
+    from yolo_prune.engine.graph import prepare_model
+    from yolo_prune.engine.plan import apply_plan_watching
 
     m = prepare_model(DetectionModel("yolo11n.yaml", nc=6, verbose=False))
     plan = plan_for_target(m, prune=0.5, imgsz=320)
@@ -202,7 +204,7 @@ def test_new_class_count_when_one2one_head_is_pruned_apart():
     input width, and both forwards run with 4 classes."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_prune.heads import set_class_count
+    from yolo_prune.engine.heads import set_class_count
 
     torch.manual_seed(0)
     m = DetectionModel("yolo26n.yaml", nc=80, verbose=False)
@@ -210,7 +212,7 @@ def test_new_class_count_when_one2one_head_is_pruned_apart():
         for p in m.model[-1].one2one_cv3.parameters():
             if p.ndim == 4:
                 p.mul_(0.02)
-    prune_model(m, prune=0.5, imgsz=128, method="l2", global_rank=True)
+    prune_model(m, prune=0.5, imgsz=128, prune_method="l2", prune_global=True)
     head = m.model[-1]
     widths = [(a[-1].in_channels, b[-1].in_channels) for a, b in zip(head.cv3, head.one2one_cv3)]
     assert any(a != b for a, b in widths)  # the case this test is about
@@ -230,8 +232,8 @@ def test_prune_distill_turns_compile_off_on_every_rank(tmp_path, monkeypatch, di
     prune_distill, as Ultralytics does for distill_model on every rank (simulated: that callback does nothing)."""
     from ultralytics.utils import callbacks
 
-    from yolo_prune.callbacks import PruneCallbacks
-    from yolo_prune.trainer import PruneDetectionTrainer
+    from yolo_prune.train.callbacks import PruneCallbacks
+    from yolo_prune.train.trainers import PruneDetectionTrainer
 
     monkeypatch.setattr(PruneCallbacks, "on_pretrain_routine_start", lambda self, trainer: None)
     cbs = callbacks.get_default_callbacks()

@@ -8,8 +8,11 @@ from ultralytics import YOLO
 from ultralytics.utils.torch_utils import get_flops
 
 from yolo_prune.cfg import PruneError
-from yolo_prune.engine import ChannelPruner, apply_plan, check_supported, kept_channels, plan_for_target, prepare_model
-from yolo_prune.importance import IMPORTANCES, register
+from yolo_prune.engine.pruner import ChannelPruner
+from yolo_prune.engine.plan import apply_plan, kept_channels
+from yolo_prune.engine.graph import check_supported, prepare_model
+from yolo_prune.engine.targets import plan_for_target
+from yolo_prune.engine.importance import IMPORTANCES, register
 
 
 def test_plan_replays_identically_on_a_copy():
@@ -30,7 +33,7 @@ def test_plan_replays_identically_on_a_copy():
 def test_trained_checkpoint_prunes_in_python(trained_pt):
     yolo = YOLO(str(trained_pt))
     base = get_flops(yolo.model, 640)
-    from yolo_prune.engine import prune_model
+    from yolo_prune.engine.targets import prune_model
 
     prune_model(yolo.model, prune=0.5)
     assert 0.47 <= 1 - get_flops(yolo.model, 640) / base <= 0.53
@@ -39,7 +42,7 @@ def test_trained_checkpoint_prunes_in_python(trained_pt):
 def test_criteria_choose_differently_and_register():
     model = YOLO("yolo11n.yaml").model
     prepare_model(model)
-    plans = {m: ChannelPruner(model, method=m, round_to=8).plan(ratio=0.5) for m in ("l1", "l2")}
+    plans = {m: ChannelPruner(model, method=m, prune_round=8).plan(ratio=0.5) for m in ("l1", "l2")}
     assert [n for n, _ in plans["l1"].groups] == [n for n, _ in plans["l2"].groups]  # same groups, same counts
     assert plans["l1"].n_channels == plans["l2"].n_channels
     assert plans["l1"].groups != plans["l2"].groups  # but not the same channels
@@ -47,7 +50,7 @@ def test_criteria_choose_differently_and_register():
         "first_channels", lambda: lambda group: torch.arange(len(group[0].dep.target.module.weight), dtype=torch.float)
     )
     try:
-        plan = ChannelPruner(model, method="first_channels", round_to=8).plan(ratio=0.5)
+        plan = ChannelPruner(model, prune_method="first_channels", prune_round=8).plan(ratio=0.5)
         assert dict(plan.groups)["model.0.conv"] == list(range(8))
     finally:
         IMPORTANCES.pop("first_channels")
@@ -67,7 +70,7 @@ def test_unsupported_model_is_refused():
 
 def test_prune_leaves_batchnorm_statistics_of_kept_channels_untouched():
     """The post-prune forward check must not update BN running stats (it would degrade a trained model)."""
-    from yolo_prune.engine import prune_model
+    from yolo_prune.engine.targets import prune_model
 
     model = YOLO("yolo11n.yaml").model
     with torch.no_grad():
@@ -77,7 +80,7 @@ def test_prune_leaves_batchnorm_statistics_of_kept_channels_untouched():
                 m.running_var.uniform_(0.5, 2)
     bn = model.model[0].bn
     mean, var = bn.running_mean.clone(), bn.running_var.clone()
-    plan = prune_model(model, ratio=0.3, round_to=8)  # round 8: the 16-channel first conv is prunable
+    plan = prune_model(model, prune_ratio=0.3, prune_round=8)  # round 8: the 16-channel first conv is prunable
     kept = [i for i in range(len(mean)) if i not in dict(plan.groups)["model.0.conv"]]
     assert len(kept) < len(mean)
     assert torch.equal(model.model[0].bn.running_mean, mean[kept])

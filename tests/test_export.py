@@ -11,8 +11,8 @@ from ultralytics import YOLO
 from conftest import run_cli
 from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.datasets import builtin_dataset
-from yolo_prune.engine import prune_model
-from yolo_prune.export import TOLERANCE, export, parity
+from yolo_prune.engine.targets import prune_model
+from yolo_prune.deploy.export import TOLERANCE, export, parity
 
 
 def pruned_pt(tmp_path, cfg: str, nc: int = 6):

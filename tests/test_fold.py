@@ -25,12 +25,14 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import get_flops
 
 from yolo_prune import add_pruning
-from yolo_prune.blocks import C2fFolded, C2fSplit, C2PSAFolded, C2PSASplit, needs_yolo_prune
+from yolo_prune.engine.blocks import C2fFolded, C2fSplit, C2PSAFolded, C2PSASplit, needs_yolo_prune
 from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.datasets import resolve_data
-from yolo_prune.engine import _apply, build_graph, prepare_model, prune_model
-from yolo_prune.oneshot import prune_file
-from yolo_prune.trainer import is_pruned
+from yolo_prune.engine.plan import _apply
+from yolo_prune.engine.graph import build_graph, prepare_model
+from yolo_prune.engine.targets import prune_model
+from yolo_prune.modes.oneshot import prune_file
+from yolo_prune.train.trainers import is_pruned
 
 FAMILIES = ("yolov8n", "yolo11n", "yolo26n")
 TASKS = ("detect", "segment", "pose", "obb", "classify")
@@ -129,11 +131,11 @@ def test_fold_matches_split_and_gives_ultralytics_classes(pruned_detect, family)
 def test_planner_moves_split_halves_in_lockstep(tmp_path):
     """Uniform ratio, GFLOPs target (with its one-unit-at-a-time gap closing) and sensitivity allocation all remove the
     same count from a block's two halves, and none from a half whose partner cannot be pruned (it feeds attention)."""
-    from yolo_prune.engine import ChannelPruner
-    from yolo_prune.sensitivity import removed_for_target
+    from yolo_prune.engine.pruner import ChannelPruner
+    from yolo_prune.engine.allocate import removed_for_target
 
     model = prepare_model(YOLO("yolo26n.yaml").model)
-    pruner = ChannelPruner(model, round_to=8)
+    pruner = ChannelPruner(model, prune_round=8)
     assert len(pruner.pairs) == sum(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
     assert any(None in pair for pair in pruner.pairs)  # C2PSA and the attention C3k2: cv1 half feeds Attention
     table = tmp_path / "sensitivity.csv"
@@ -150,7 +152,7 @@ def test_planner_moves_split_halves_in_lockstep(tmp_path):
         assert any(c[0] for c in counts), how  # halves were pruned at all
         for c in counts:
             assert c[0] == c[1] or (None in c and not any(c[i] for i in (0, 1) if c[i] is not None)), (how, c)
-    unranked = ChannelPruner(model, round_to=8, global_rank=True)
+    unranked = ChannelPruner(model, prune_round=8, prune_global=True)
     assert unranked.pairs == []  # prune_global ranks every group alone
 
 
@@ -187,7 +189,7 @@ def test_unequal_halves_fold_to_yolo_prune_class(tmp_path, pruned_detect):
 
     # prune_layers on one half: only that block differs; the log says so in one line
     net = copy.deepcopy(base)
-    prune_model(net, layer_ratios={"model.6.cv0": 0.5}, round_to=8)
+    prune_model(net, prune_layers={"model.6.cv0": 0.5}, prune_round=8)
     assert needs_yolo_prune(net) == ["model.6"] and isinstance(net.model[6], C2fFolded)
     assert net.model[6].base is C3k2 and net.model[6].c0 < net.model[6].c1
     ref = flat_outputs(net, x)

@@ -8,11 +8,13 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 
 from conftest import run_cli
-from yolo_prune.cfg import PruneError, check_prune_args
-from yolo_prune.engine import ChannelPruner, prepare_model
-from yolo_prune.allocate import removed_for_latency
-from yolo_prune.costs import LatencyCost
-from yolo_prune.latency import LatencyTable, Runtime, build_table, check_runtime, widths
+from yolo_prune.cfg import PruneConfig, PruneError
+from yolo_prune.engine.pruner import ChannelPruner
+from yolo_prune.engine.graph import prepare_model
+from yolo_prune.engine.allocate import removed_for_latency
+from yolo_prune.engine.costs import LatencyCost
+from yolo_prune.engine.latency import LatencyTable, build_table, widths
+from yolo_prune.engine.runtime import Runtime, check_runtime
 
 # 192 px: convs dominate the model's time (at 96 px the per-call and fixed costs do, and a loaded machine moves them)
 RT = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=192)
@@ -50,7 +52,7 @@ def test_table_is_built_cached_and_reused(cache):
 
 def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
     m = model()
-    pruner = ChannelPruner(m, round_to=16)
+    pruner = ChannelPruner(m, prune_round=16)
     cost = LatencyCost(pruner, build_table(m, RT, 16))
     u = max(cost.table.units, key=lambda u: u.cout)
     assert cost.table.unit_ms(u, u.cin, u.cout // 4) < cost.table.unit_ms(u, u.cin, u.cout)
@@ -90,7 +92,7 @@ def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
 )
 def test_bad_latency_keys(keys, message):
     with pytest.raises(PruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_prune_args(keys)
+        PruneConfig.from_keys(keys)
 
 
 def test_runtime_checks(monkeypatch):

@@ -10,13 +10,15 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from conftest import run_cli
-from yolo_prune.callbacks import PruneCallbacks
+from yolo_prune.train.callbacks import PruneCallbacks
 from yolo_prune.cfg import PruneError
 from yolo_prune.datasets import calibration_batches
-from yolo_prune.engine import ChannelPruner, detection_loss, layer_widths, plan_for_target, prepare_model, prune_model
-from yolo_prune.importance import GRADIENT_METHODS, accumulate_gradients
-from yolo_prune.sparsity import BNSparsity, penalised_norms
-from yolo_prune.unstructured import eligible_layers, sparsity
+from yolo_prune.engine.pruner import ChannelPruner, layer_widths
+from yolo_prune.engine.targets import detection_loss, plan_for_target, prune_model
+from yolo_prune.engine.graph import prepare_model
+from yolo_prune.engine.importance import GRADIENT_METHODS, accumulate_gradients
+from yolo_prune.engine.sparsity import BNSparsity, penalised_norms
+from yolo_prune.engine.unstructured import eligible_layers, sparsity
 
 TRAIN = ["data=shapes-8", "imgsz=64", "batch=4", "workers=0", "plots=False"]
 
@@ -43,7 +45,7 @@ def plans(model, tiny_data, **options):
             accumulate_gradients(
                 model, calibration_batches(tiny_data, 64, 4, 2, model), detection_loss(model), GRADIENT_METHODS[method]
             )
-        out[method] = dict(ChannelPruner(model, method=method, round_to=8, **options).plan(ratio=0.5).groups)
+        out[method] = dict(ChannelPruner(model, prune_method=method, prune_round=8, **options).plan(ratio=0.5).groups)
         model.zero_grad(set_to_none=True)
     return out
 
@@ -56,13 +58,13 @@ def test_each_criterion_chooses_its_own_channels(model, tiny_data):
     assert uniform["taylor"] != uniform["hessian"]
     # LAMP is L2 renormalised per layer: the same order inside a layer, so it differs only when ranked globally
     assert uniform["lamp"] == uniform["l2"]
-    ranked = plans(model, tiny_data, global_rank=True)
+    ranked = plans(model, tiny_data, prune_global=True)
     assert ranked["lamp"] != ranked["l2"]
 
 
 def test_gradient_criteria_need_real_batches(model, tmp_path):
     with pytest.raises(PruneError, match="gradients"):
-        plan_for_target(model, prune=0.5, method="taylor")
+        plan_for_target(model, prune=0.5, prune_method="taylor")
     r = run_cli("prune", "model=yolo11n.yaml", "prune=0.5", "prune_method=hessian", f"project={tmp_path}", cwd=tmp_path)
     assert r.returncode == 2 and "data=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "exp").exists()
@@ -77,9 +79,9 @@ def test_gradient_criteria_need_real_batches(model, tmp_path):
 
 def test_global_ranking_is_uneven_and_capped(model):
     uniform = plan_for_target(model, prune=0.5, imgsz=64)
-    ranked = plan_for_target(model, prune=0.5, imgsz=64, global_rank=True, max_ratio=0.75, round_to=8)
+    ranked = plan_for_target(model, prune=0.5, imgsz=64, prune_global=True, prune_max_ratio=0.75, prune_round=8)
     assert abs(ranked.est_flops_fraction - 0.5) < 0.02
-    pruner = ChannelPruner(model, round_to=8)
+    pruner = ChannelPruner(model, prune_round=8)
     sizes = {name: len(order) for name, order, *_ in pruner.groups}
     ratios = [len(idx) / sizes[name] for name, idx in ranked.groups]
     assert max(ratios) <= 0.75 + 1e-9  # the cap holds
@@ -89,16 +91,16 @@ def test_global_ranking_is_uneven_and_capped(model):
 
 def test_ignore_and_per_layer_ratios(model):
     before = layer_widths(model)
-    ignored = plan_for_target(model, prune=0.5, imgsz=64, ignore=[4, "model.6"])
+    ignored = plan_for_target(model, prune=0.5, imgsz=64, prune_ignore=[4, "model.6"])
     assert not [n for n, _ in ignored.groups if n.startswith(("model.4.", "model.6."))]
-    fixed = plan_for_target(model, layer_ratios={4: 0.5, "model.8.cv2": 0.25}, round_to=8)
+    fixed = plan_for_target(model, prune_layers={4: 0.5, "model.8.cv2": 0.25}, prune_round=8)
     names = {n for n, _ in fixed.groups}
     assert names and all(n.startswith(("model.4.", "model.8.cv2")) for n in names)
     for name, idxs in fixed.groups:
         want = 0.5 if name.startswith("model.4.") else 0.25
         assert len(idxs) == round(before[name] * want / 8) * 8 or before[name] <= 8
     with pytest.raises(PruneError, match="prune_ignore: 99"):
-        plan_for_target(model, prune=0.5, ignore=[99])
+        plan_for_target(model, prune=0.5, prune_ignore=[99])
 
 
 def test_prune_layers_yaml_through_the_cli(tmp_path):
@@ -188,7 +190,7 @@ def test_sensitivity_method_spares_sensitive_layers(tmp_path, model):
             drop = 0.2 * ratio if layer == 6 else 0.001 * ratio if layer == 8 else 0.02 * ratio
             rows.append(f"{layer},{ratio},0,0,0,0,0,{drop}")
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
-    plan = plan_for_target(model, prune=0.1, imgsz=64, method="sensitivity", sensitivity=tmp_path / "s.csv")
+    plan = plan_for_target(model, prune=0.1, imgsz=64, prune_method="sensitivity", prune_sensitivity=tmp_path / "s.csv")
     cut = {n.split(".")[1] for n, _ in plan.groups}
     assert "8" in cut and "6" not in cut
     assert 0.8 <= plan.est_flops_fraction <= 0.92
@@ -238,6 +240,6 @@ def test_trainer_ranks_taylor_by_training_batches(tmp_path):
 
 def test_prune_model_python_api_with_batches(tiny_data):
     m = DetectionModel("yolo11n.yaml", nc=6, verbose=False)
-    plan = prune_model(m, prune=0.3, method="hessian", batches=calibration_batches(tiny_data, 64, 4, 2, m), imgsz=64)
+    plan = prune_model(m, prune=0.3, prune_method="hessian", batches=calibration_batches(tiny_data, 64, 4, 2, m), imgsz=64)
     assert plan.n_channels > 0 and all(p.grad is None for p in m.parameters())  # gradients are not left behind
 

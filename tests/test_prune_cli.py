@@ -23,7 +23,7 @@ out = copy.deepcopy(net).train()(x)  # a copy: train mode updates BN statistics
 net.eval()
 with torch.no_grad(): y = net(x)[0]
 onnx = m.export(format="onnx", imgsz=64)
-from yolo_prune.export import onnx_parity
+from yolo_prune.deploy.export import onnx_parity
 print(json.dumps({"eval_shape": list(y.shape), "train_keys": sorted(out), "onnx_diff": onnx_parity(sys.argv[1], onnx, 64)}))
 """
 

@@ -14,12 +14,12 @@ from ultralytics.utils.torch_utils import get_flops
 
 from conftest import run_cli, run_without_plugin
 from yolo_prune import add_pruning
-from yolo_prune.callbacks import STATE_VERSION, read_state
-from yolo_prune.cfg import PruneError
-from yolo_prune.engine import prune_model
-from yolo_prune.export import ParityError, export, input_hw, input_shape, precision_found
-from yolo_prune.oneshot import prune_file
-from yolo_prune.unstructured import sparsity
+from yolo_prune.train.state import STATE_VERSION, read_state
+from yolo_prune.cfg import PruneConfig, PruneError
+from yolo_prune.engine.targets import prune_model
+from yolo_prune.deploy.export import ParityError, export, input_hw, input_shape, precision_found
+from yolo_prune.modes.oneshot import prune_file
+from yolo_prune.engine.unstructured import sparsity
 
 TRAIN = dict(data="shapes-8", imgsz=64, batch=4, workers=0, plots=False)
 
@@ -148,7 +148,7 @@ def test_quantize_spellings_and_real_precision(real_run, tmp_path, monkeypatch, 
     assert res["quantize"] == 16 and 16 in precision_found(res["file"], "openvino")
     with pytest.raises(PruneError, match="quantize='fp8'"):
         export(best, format="onnx", quantize="fp8")
-    monkeypatch.setattr("yolo_prune.export.precision_found", lambda *a: set())  # an exporter that fell back to fp32
+    monkeypatch.setattr("yolo_prune.deploy.export.precision_found", lambda *a: set())  # an exporter that fell back to fp32
     with pytest.raises(ParityError, match="quantize=16"):
         export(best, format="onnx", quantize=16, imgsz=64)
     monkeypatch.undo()
@@ -166,7 +166,7 @@ def test_quantize_spellings_and_real_precision(real_run, tmp_path, monkeypatch, 
 
 
 def test_patience_zero_and_no_validation_cannot_cut_the_schedule():
-    from yolo_prune.schedule import check_patience
+    from yolo_prune.train.schedule import check_patience
 
     check_patience(0, [10, 20, 30])  # patience=0 disables Ultralytics' early stopping
     check_patience(5, [10, 20, 30], val=False)  # no validation, no fitness, no early stop
@@ -201,15 +201,15 @@ def test_missed_gflops_target_is_a_warning(tmp_path, log_lines):
 
 
 def test_misspelled_engine_option_raises():
-    with pytest.raises(TypeError, match="ignor"):
+    with pytest.raises(PruneError, match="'ignor' is not a valid yolo-prune key; did you mean 'prune_ignore'"):
         prune_model(YOLO("yolo11n.yaml").model, prune=0.5, ignor=[2])
 
 
 def test_prune_state_is_versioned():
-    old = {"prune": 0.5, "schedule": [1], "done": 1, "history": [], "base": {"gflops": 6.5, "params": 1}}
-    state = read_state(dict(old))  # written before versions: read with the defaults it predates
-    assert state["version"] == STATE_VERSION and state["mode"] == "structured" and state["options"] == {}
-    with pytest.raises(PruneError, match="newer than this yolo-prune reads"):
+    old = {"version": STATE_VERSION, "cfg": PruneConfig(prune=0.5).to_dict(), "schedule": [1], "done": 1,
+           "history": [], "base": {"gflops": 6.5, "params": 1}}  # fmt: skip
+    assert read_state(dict(old)) == old
+    with pytest.raises(PruneError, match=f"version {STATE_VERSION + 1}, this yolo-prune reads version {STATE_VERSION}"):
         read_state({**old, "version": STATE_VERSION + 1})
     with pytest.raises(PruneError, match="lacks 'schedule'"):
         read_state({k: v for k, v in old.items() if k != "schedule"})
@@ -229,7 +229,7 @@ def test_sparse_checkpoint_keeps_zeros_and_loads_without_plugin(tmp_path, traine
     s = prune_file(trained_pt, prune=0.5, prune_mode="unstructured", project=str(tmp_path), name="u")
     pt = Path(s["save_dir"]) / "weights" / "pruned.pt"
     r = run_without_plugin(
-        "from ultralytics import YOLO; m = YOLO(sys.argv[1]); print(type(m.model).__name__, m.model.prune_state['mode'])",
+        "from ultralytics import YOLO; m = YOLO(sys.argv[1]); print(type(m.model).__name__, m.model.prune_state['cfg']['prune_mode'])",
         str(pt),
     )
     assert r.returncode == 0 and "DetectionModel unstructured" in r.stdout, r.stderr[-2000:]
@@ -262,7 +262,7 @@ def test_sparse_masks_survive_resume(tmp_path, mode):
     assert state["done"] == len(state["schedule"])
     assert sparsity(final, mode) >= (0.49 if mode == "unstructured" else before - 1e-6)
     if mode == "2:4":  # every group of 4 still has at least 2 zeros after the resumed epochs
-        from yolo_prune.unstructured import eligible_layers
+        from yolo_prune.engine.unstructured import eligible_layers
 
         w = next(iter(eligible_layers(final, mode).values())).weight.detach()
         groups = w.movedim(1, -1).reshape(-1, 4)
@@ -330,6 +330,6 @@ def test_help_and_version_do_not_import_torch():
 def test_prune_summary_records_state(tmp_path):
     s = prune_file("yolo11n.yaml", prune=0.3, project=str(tmp_path), name="p")
     state = YOLO(str(Path(s["save_dir"]) / "weights" / "pruned.pt")).model.prune_state
-    assert state["version"] == STATE_VERSION and state["prune"] == 0.3 and state["schedule"] == []
+    assert state["version"] == STATE_VERSION and state["cfg"]["prune"] == 0.3 and state["schedule"] == []
     summary = json.loads((Path(s["save_dir"]) / "prune_summary.json").read_text())
     assert state["base"]["gflops"] == pytest.approx(summary["gflops_before"], abs=1e-3)

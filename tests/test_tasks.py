@@ -8,8 +8,8 @@ from ultralytics.utils.torch_utils import get_flops
 
 from yolo_prune import add_pruning
 from yolo_prune.datasets import resolve_data
-from yolo_prune.engine import output_layers
-from yolo_prune.export import export
+from yolo_prune.engine.graph import output_layers
+from yolo_prune.deploy.export import export
 
 FAMILIES = ("yolov8n", "yolo11n", "yolo26n")
 TASKS = ("seg", "pose", "obb", "cls")

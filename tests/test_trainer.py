@@ -14,8 +14,8 @@ from ultralytics.utils.torch_utils import get_flops
 
 from conftest import run_cli
 from yolo_prune import add_pruning
-from yolo_prune.callbacks import PruneCallbacks
-from yolo_prune.trainer import PruneDetectionTrainer
+from yolo_prune.train.callbacks import PruneCallbacks
+from yolo_prune.train.trainers import PruneDetectionTrainer
 
 TRAIN = ["data=shapes-8", "imgsz=64", "batch=4", "workers=0", "plots=False"]
 

@@ -9,18 +9,13 @@ from ultralytics import YOLO
 from ultralytics.nn.modules.block import C2PSA, Attention, C2f
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_prune.blocks import C2fFolded, C2fSplit, C2PSASplit
+from yolo_prune.engine.blocks import C2fFolded, C2fSplit, C2PSASplit
 from yolo_prune.checkpoint import save_checkpoint
-from yolo_prune.engine import (
-    ChannelPruner,
-    PrunePlan,
-    apply_plan,
-    build_graph,
-    match_layer,
-    prepare_model,
-    prune_model,
-)
-from yolo_prune.export import onnx_parity
+from yolo_prune.engine.pruner import ChannelPruner
+from yolo_prune.engine.plan import PrunePlan, apply_plan
+from yolo_prune.engine.graph import build_graph, match_layer, prepare_model
+from yolo_prune.engine.targets import prune_model
+from yolo_prune.deploy.export import onnx_parity
 
 X = torch.rand(2, 3, 64, 64)
 
@@ -128,7 +123,7 @@ def test_trap5_head_final_convs_keep_outputs(cfg):
         ]
         for a in branches
     }
-    prune_model(model, prune=0.5, round_to=8)  # nano head widths are 16-64
+    prune_model(model, prune=0.5, prune_round=8)  # nano head widths are 16-64
     assert {a: [s[-1].out_channels for s in getattr(head, a)] for a in branches} == final
     assert final["cv2"] == [4 * head.reg_max] * head.nl and final["cv3"] == [head.nc] * head.nl
     hidden_after = {
@@ -164,7 +159,7 @@ def test_trap7_frozen_parameters_are_pruned_and_stay_frozen():
     for n, p in model.named_parameters():
         p.requires_grad_(n not in frozen)
     c0 = model.model[0].conv.out_channels
-    prune_model(model, prune=0.5, round_to=8)  # round 16 would keep the 16-channel conv
+    prune_model(model, prune=0.5, prune_round=8)  # round 16 would keep the 16-channel conv
     assert model.model[0].conv.out_channels < c0  # the frozen first conv was pruned with its consumers
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
     model.train()
@@ -176,7 +171,7 @@ def test_trap8_prune_targets_gflops_not_channel_ratio():
     a, b = net("yolo11n.yaml"), net("yolo11n.yaml")
     base = get_flops(a, 640)
     prune_model(a, prune=0.5)
-    prune_model(b, ratio=0.5)
+    prune_model(b, prune_ratio=0.5)
     assert 0.47 <= 1 - get_flops(a, 640) / base <= 0.53
     assert 0.65 <= 1 - get_flops(b, 640) / base <= 0.8
 
@@ -186,7 +181,7 @@ def test_trap_pruner_estimate_tracks_real_flops():
     model = net("yolo11n.yaml")
     prepare_model(model)
     base = get_flops(model, 640)
-    pruner = ChannelPruner(model, round_to=8)
+    pruner = ChannelPruner(model, prune_round=8)
     plan = pruner.plan(flops_fraction=0.6)
-    pruner.apply(plan)
+    apply_plan(model, plan)
     assert abs(get_flops(model, 640) / base - plan.est_flops_fraction) <= 0.03

@@ -77,8 +77,13 @@ def plan_for_target(
         return plan
     if prune is None:
         return pruner.plan(ratio=prune_ratio)
+    return _reaimed(model, pruner, 1.0 - prune, imgsz)
+
+
+def _reaimed(model: nn.Module, pruner: ChannelPruner, target: float, imgsz: int) -> PrunePlan:
+    """The plan whose real GFLOPs fraction (Ultralytics' counter on a pruned copy) is closest to ``target``, re-aimed
+    up to twice from the analytic estimate."""
     base = get_flops(model, imgsz)
-    target = 1.0 - prune
     aim = target
     best = None
     for _ in range(3):
@@ -92,6 +97,16 @@ def plan_for_target(
     plan, real = best
     plan.est_flops_fraction = real
     return plan
+
+
+def _accumulate(model: nn.Module, batches, method: str) -> None:
+    """Gradients of ``batches`` for a gradient criterion, leaving the model's args and loss as they were
+    (checkpoints pickle them)."""
+    saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
+    accumulate_gradients(model, batches, detection_loss(model), GRADIENT_METHODS[method])
+    for k in ("args", "criterion"):
+        model.__dict__.pop(k, None)
+    model.__dict__.update(saved)
 
 
 def detection_loss(model: nn.Module):
@@ -138,10 +153,8 @@ def prune_model(
         batches: Training batches (Ultralytics batch dicts, preprocessed) for ``taylor`` / ``hessian``.
         prune_latency: Instead of ``prune``: the fraction of the measured latency on ``runtime`` to remove; the
             returned plan's ``latency`` holds the predicted and measured milliseconds before and after.
-        runtime: Where latency is measured (:class:`~yolo_prune.engine.runtime.Runtime`; ONNX Runtime at ``imgsz`` by
-            default).
-        **options: The other engine keys of :class:`~yolo_prune.cfg.PruneConfig`: ``prune_ignore``, ``prune_layers``,
-            ``prune_global``, ``prune_max_ratio``, ``prune_sensitivity``.
+        runtime: Where latency is measured (:class:`~yolo_prune.engine.runtime.Runtime`; ONNX Runtime by default).
+        **options: ``prune_ignore``, ``prune_layers``, ``prune_global``, ``prune_max_ratio``, ``prune_sensitivity``.
 
     Returns:
         The plan that was applied.
@@ -159,11 +172,7 @@ def prune_model(
     check_supported(model)
     prepare_model(model)
     if method in GRADIENT_METHODS and batches is not None:
-        saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
-        accumulate_gradients(model, batches, detection_loss(model), GRADIENT_METHODS[method])
-        for k in ("args", "criterion"):  # leave the model's args and loss as they were (checkpoints pickle them)
-            model.__dict__.pop(k, None)
-        model.__dict__.update(saved)
+        _accumulate(model, batches, method)
     try:
         if latency is not None:
             rt = runtime or Runtime(imgsz=imgsz)
@@ -222,19 +231,24 @@ def plan_for_latency(
             f"accepted: prune_latency <= {max(reach, 0):.2f}"
         )
     plan = pruner.plan_removed(removed)
-    info = {
-        "runtime": rt.name,
-        "device": rt.device,
-        "threads": rt.threads,
-        "imgsz": rt.imgsz,
-        "batch": rt.batch,
-        "table": str(table.path),
-        "table_shapes_timed": table.timed,
-        "fixed_ms": round(table.fixed_ms, 3),
-        "predicted_ms": [round(cost.base, 3), round(pred, 3)],
-    }
+    info = {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,
+            "table": str(table.path), "table_shapes_timed": table.timed, "fixed_ms": round(table.fixed_ms, 3),
+            "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
     if not measure:
         return plan, info
+    plan, ratio, ms, pred = _measured(model, rt, pruner, cost, plan, pred, target, solve)
+    info.update(
+        predicted_ms=[round(cost.base, 3), round(pred, 3)],
+        measured_ms=[round(ms["base"], 3), round(ms["pruned"], 3)],
+        measured_speedup=round(1 / ratio, 3),
+    )
+    return plan, info
+
+
+def _measured(model, rt: Runtime, pruner: ChannelPruner, cost: LatencyCost, plan: PrunePlan, pred: float,
+              target: float, solve):  # fmt: skip
+    """Export and time the pruned model against the unpruned one, re-aiming the prediction up to twice until the
+    measured ratio is within :data:`MEASURE_TOLERANCE` of the target; (plan, measured ratio, ms, predicted ms)."""
     want = target / cost.base  # the measured ratio pruned / unpruned to reach
     aim, best, runners = target, None, {}
     for _ in range(3):
@@ -248,10 +262,4 @@ def plan_for_latency(
         aim *= want / ratio  # the prediction was off by this much on this machine: aim where the measurement lands
         removed, pred = solve(aim)
         plan = pruner.plan_removed(removed)
-    plan, ratio, ms, pred = best
-    info.update(
-        predicted_ms=[round(cost.base, 3), round(pred, 3)],
-        measured_ms=[round(ms["base"], 3), round(ms["pruned"], 3)],
-        measured_speedup=round(1 / ratio, 3),
-    )
-    return plan, info
+    return best
