@@ -12,11 +12,46 @@ os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("YOLO_PRUNE_CACHE", str(Path(__file__).parent / ".cache"))  # keeps test data out of ~/.cache
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``yolo-prune`` in a fresh process, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "yolo_prune", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+def run_cli(*args: str, cwd: Path | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``yolo-prune MODE key=value ...`` as a user would, and what it printed.
+
+    In this process by default (``cli.entrypoint(argv)`` returns the exit status; an exception that escapes it is a
+    traceback and exit 1, as the console script would end): starting an interpreter per call cost seconds each.
+    ``fresh=True`` runs the real console entry point in a new process.
+    """
+    if fresh:
+        return subprocess.run(
+            [sys.executable, "-m", "yolo_prune", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        )
+    import contextlib
+    import io
+    import traceback
+
+    from ultralytics.utils import LOGGER
+
+    from yolo_prune.cli import entrypoint
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = [h for h in LOGGER.handlers if isinstance(h, logging.StreamHandler)]
+    streams = [h.setStream(out) for h in handlers]  # Ultralytics logs to stdout
+    argv, old_cwd = list(sys.argv), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entrypoint(list(args))
+            except SystemExit as e:  # Ultralytics' own entrypoint exits on some input
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # noqa: BLE001  what a user would see: a traceback and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        sys.argv[:] = argv
+        for h, stream in zip(handlers, streams):
+            h.setStream(stream)
+    return subprocess.CompletedProcess(["yolo-prune", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +99,52 @@ def run_without_plugin(code: str, *args: str, cwd: Path | None = None) -> subpro
     return subprocess.run(
         [sys.executable, "-c", NO_PLUGIN + code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
     )
+
+
+FAMILIES = ("yolov8n", "yolo11n", "yolo26n")
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
+MATRIX_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False}
+
+
+def task_model(family: str, task: str):
+    """``family`` x ``task`` built from its yaml with the built-in data's classes (and keypoints), as training builds it."""
+    from ultralytics import YOLO
+
+    cfg = f"{family}{SUFFIX[task]}.yaml"
+    yolo = YOLO(cfg)
+    extra = {"data_kpt_shape": (5, 3)} if task == "pose" else {}  # built-in pose data: 5 keypoints (x, y, v)
+    yolo.model = type(yolo.model)(cfg, nc=6, verbose=False, **extra)
+    return yolo
+
+
+@pytest.fixture(scope="session")
+def matrix(tmp_path_factory) -> dict[str, dict]:
+    """Every family x task cell, made once for the task, fold and stock-load tests.
+
+    Per cell (``"yolo11n-pose"``): the unpruned model (``base``, nc=6 as the built-in data builds it) and its GFLOPs,
+    a one-shot ``pruned.pt`` of it at prune=0.5 (``oneshot``, with its ``summary``), and a pruning run trained one epoch
+    on the built-in data from that pruned.pt with another prune=0.5 at epoch 0 (``last``, ``best``).
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    from yolo_prune import add_pruning
+    from yolo_prune.checkpoint import save_checkpoint
+    from yolo_prune.modes.oneshot import prune_file
+
+    root = tmp_path_factory.mktemp("matrix")
+    cells = {}
+    for family in FAMILIES:
+        for task in TASKS:
+            cell = f"{family}-{task}"
+            yolo = task_model(family, task)
+            src = save_checkpoint(yolo.model, root / f"{cell}.pt", {"task": task, "imgsz": 64})
+            s = prune_file(src, imgsz=64, project=root / "oneshot", name=cell, prune=0.5)
+            oneshot = Path(s["save_dir"]) / "weights" / "pruned.pt"
+            model = add_pruning(YOLO(str(oneshot)), prune=0.5, prune_steps=1, prune_start=0)
+            model.train(data="shapes-8", project=str(root / "train"), name=cell, **MATRIX_TRAIN)
+            run = root / "train" / cell / "weights"
+            cells[cell] = {"family": family, "task": task, "base": yolo.model, "base_flops": get_flops(yolo.model, 640),
+                           "oneshot": oneshot, "summary": s, "last": run / "last.pt", "best": run / "best.pt"}  # fmt: skip
+    return cells

@@ -80,7 +80,8 @@ def _distill_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.torch_utils import ModelEMA
 
-    import yolo_prune.train.trainers as tr
+    import yolo_prune.train.surgery as tr
+    from yolo_prune.train.ddp import broadcast_from_rank0
     from yolo_prune.train.distill import check_projectors, hooks_off, refresh_teacher, start_self_distillation
     from yolo_prune.engine.targets import plan_for_target
     from yolo_prune.engine.graph import prepare_model
@@ -95,10 +96,10 @@ def _distill_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         model=torch.nn.parallel.DistributedDataParallel(model), ema=ModelEMA(model), args=model.args,
         wdir=Path(out_dir), freeze_layer_names=[".dfl"],
     )  # fmt: skip
-    start_self_distillation(trainer, tr.rewrap_ddp)  # prune_distill at setup: DDP(student) -> DDP(wrapper)
+    start_self_distillation(trainer)  # prune_distill at setup: DDP(student) -> DDP(wrapper)
     refresh_teacher(trainer)  # the first step: teacher = EMA weights, dis on
     wrapper = trainer.model.module
-    plan = tr.broadcast_from_rank0(plan_for_target(model, prune=0.5, imgsz=64) if rank == 0 else None)
+    plan = broadcast_from_rank0(plan_for_target(model, prune=0.5, imgsz=64) if rank == 0 else None)
     with hooks_off(trainer):
         tr.apply_step(trainer, plan)
     check_projectors(trainer.model.module)

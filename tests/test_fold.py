@@ -34,9 +34,8 @@ from yolo_prune.engine.targets import prune_model
 from yolo_prune.modes.oneshot import prune_file
 from yolo_prune.train.trainers import is_pruned
 
-FAMILIES = ("yolov8n", "yolo11n", "yolo26n")
-TASKS = ("detect", "segment", "pose", "obb", "classify")
-SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
+from conftest import FAMILIES, TASKS, task_model
+
 TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False}
 YOLO_PRUNE_CLASSES = (C2fSplit, C2PSASplit, C2fFolded, C2PSAFolded)
 
@@ -63,15 +62,6 @@ def flat_outputs(model, x):
 
     walk(y)
     return found
-
-
-def task_model(family: str, task: str) -> YOLO:
-    """``family`` x ``task`` built from its yaml with the built-in data's classes (and keypoints), as training builds it."""
-    cfg = f"{family}{SUFFIX[task]}.yaml"
-    yolo = YOLO(cfg)
-    extra = {"data_kpt_shape": (5, 3)} if task == "pose" else {}  # built-in pose data: 5 keypoints (x, y, v)
-    yolo.model = type(yolo.model)(cfg, nc=6, verbose=False, **extra)
-    return yolo
 
 
 def stock_blocks(model) -> list:
@@ -284,7 +274,7 @@ def first_image(data: str) -> str:
     return str(next(p for p in sorted(root.rglob("*")) if p.suffix.lower() in {".jpg", ".png"}))
 
 
-def test_stock_ultralytics_loads_every_pruned_checkpoint(tmp_path):
+def test_stock_ultralytics_loads_every_pruned_checkpoint(tmp_path, matrix):
     """Every family x task: a one-shot pruned.pt and a pruning run's best.pt (trained on from that pruned.pt with
     another prune=0.5, which also proves the trainer kept the one-shot widths) load, validate, predict, export and
     compute the same outputs under plain Ultralytics with ULTRALYTICS_SAFE_LOAD=1."""
@@ -292,29 +282,20 @@ def test_stock_ultralytics_loads_every_pruned_checkpoint(tmp_path):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "x.npy", x.numpy())
     cases = []
-    for family in FAMILIES:
-        for task in TASKS:
-            cell = f"{family}-{task}"
-            yolo = task_model(family, task)
-            base = get_flops(yolo.model, 640)
-            src = save_checkpoint(yolo.model, tmp_path / f"{cell}.pt", {"task": task, "imgsz": 64})
-            s = prune_file(src, imgsz=64, project=tmp_path / "oneshot", name=cell, prune=0.5)
-            assert s["needs_yolo_prune"] == []
-            oneshot = Path(s["save_dir"]) / "weights" / "pruned.pt"
-            model = add_pruning(YOLO(str(oneshot)), prune=0.5, prune_steps=1, prune_start=0)
-            model.train(data="shapes-8", project=str(tmp_path / "train"), name=cell, **TRAIN)
-            best = tmp_path / "train" / cell / "weights" / "best.pt"
-            kept = get_flops(YOLO(str(best)).model, 640) / base
-            assert 0.2 <= kept <= 0.3, (cell, kept)  # 50% of the one-shot model's 50%: the widths were kept
-            data = resolve_data("shapes-8", task)
-            for pt in (oneshot, best):
-                net = YOLO(str(pt)).model
-                assert not needs_yolo_prune(net) and all(
-                    type(m).__module__.split(".")[0] in {"ultralytics", "torch"} for m in net.modules()
-                )
-                ref = pt.with_suffix(".ref.npz")
-                np.savez(ref, *flat_outputs(net, x))
-                cases.append({"pt": str(pt), "data": str(data), "image": first_image(str(data)), "ref": str(ref)})
+    for cell, c in matrix.items():
+        assert c["summary"]["needs_yolo_prune"] == []
+        oneshot, best = c["oneshot"], c["best"]
+        kept = get_flops(YOLO(str(best)).model, 640) / c["base_flops"]
+        assert 0.2 <= kept <= 0.3, (cell, kept)  # 50% of the one-shot model's 50%: the widths were kept
+        data = resolve_data("shapes-8", c["task"])
+        for pt in (oneshot, best):
+            net = YOLO(str(pt)).model
+            assert not needs_yolo_prune(net) and all(
+                type(m).__module__.split(".")[0] in {"ultralytics", "torch"} for m in net.modules()
+            )
+            ref = tmp_path / f"{cell}-{pt.stem}.ref.npz"
+            np.savez(ref, *flat_outputs(net, x))
+            cases.append({"pt": str(pt), "data": str(data), "image": first_image(str(data)), "ref": str(ref)})
     prepared = time.perf_counter() - t0
     spec = tmp_path / "cases.json"
     spec.write_text(json.dumps({"input": str(tmp_path / "x.npy"), "checkpoints": cases}))

@@ -1,7 +1,9 @@
 """prune_latency: the latency table (built, cached, reused), the planner reaching a latency target, bad input."""
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from conftest import run_cli
 from yolo_prune.cfg import PruneConfig, PruneError
+from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.engine.pruner import ChannelPruner
 from yolo_prune.engine.graph import prepare_model
 from yolo_prune.engine.allocate import removed_for_latency
@@ -20,10 +23,26 @@ from yolo_prune.engine.runtime import Runtime, check_runtime
 RT = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=192)
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """The session's latency cache: a table timed once serves every test that plans for the same model."""
+    return tmp_path_factory.mktemp("latency-cache")
+
+
 @pytest.fixture()
-def cache(tmp_path, monkeypatch):
+def cache(shared_cache, monkeypatch) -> Path:
+    monkeypatch.setenv("YOLO_PRUNE_CACHE", str(shared_cache))
+    return shared_cache / "latency"
+
+
+@pytest.fixture()
+def cold_cache(tmp_path, monkeypatch, shared_cache) -> Path:
+    """An empty cache (the one cold-cache test); what it timed is handed to the session's cache afterwards."""
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "latency"
+    yield tmp_path / "cache" / "latency"
+    (shared_cache / "latency").mkdir(parents=True, exist_ok=True)
+    for f in (tmp_path / "cache" / "latency").glob("*.json"):
+        shutil.copy(f, shared_cache / "latency" / f.name)
 
 
 def model(cfg="yolo11n.yaml"):
@@ -37,7 +56,8 @@ def test_widths_are_the_prune_round_grid():
     assert widths(8, 16) == [8]
 
 
-def test_table_is_built_cached_and_reused(cache):
+def test_table_is_built_cached_and_reused(cold_cache):
+    cache = cold_cache
     m = model()
     table = build_table(m, RT, 16)
     assert table.timed == len(table.needed()) > 100 and table.full_ms > 0
@@ -62,8 +82,10 @@ def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
 
 
 def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
+    net = DetectionModel("yolo11n.yaml", nc=6, verbose=False)  # the cold test's model: its table is cached
+    pt = save_checkpoint(net, tmp_path / "m.pt", {"task": "detect", "imgsz": 192})
     r = run_cli(
-        "prune", "model=yolo11n.yaml", "prune_latency=0.3", "imgsz=192", "prune_threads=1", f"project={tmp_path}",
+        "prune", f"model={pt}", "prune_latency=0.3", "imgsz=192", "prune_threads=1", f"project={tmp_path}",
         "name=l",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

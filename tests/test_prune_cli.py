@@ -107,7 +107,7 @@ def test_bad_input_one_line_nonzero_no_files(tmp_path, args, needle):
 
 
 def test_bad_mode_and_passthrough_key(tmp_path):
-    r = run_cli("prnue", "model=yolo11n.yaml")
+    r = run_cli("prnue", "model=yolo11n.yaml", fresh=True)  # the console script itself: exit status 2
     assert r.returncode == 2 and "prnue" in r.stderr and "prune" in r.stderr
     r = run_cli("val", "model=yolo11n.yaml", "prune=0.5")
     assert r.returncode == 2 and "'prune' is not a valid key for 'yolo-prune val'" in r.stderr

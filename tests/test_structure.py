@@ -157,3 +157,14 @@ def test_config_rejects_the_other_modes_keys(mode):
     other = "prune_ratio" if mode == "train" else "prune_steps"
     with pytest.raises(PruneError, match=f"{other} is for"):
         PruneConfig.from_keys({other: 0.5 if mode == "train" else 2}, mode)
+
+
+def test_docs_build_strict(tmp_path):
+    """``mkdocs build --strict`` (MkDocs + Material, the dev extra): a broken link or anchor fails here, in CI."""
+    env = {**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "site" / "reference" / "keys" / "index.html").is_file()

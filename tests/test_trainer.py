@@ -1,6 +1,7 @@
 """Pruning inside the Ultralytics trainer: state rebuilt after a step, checkpoints, resume, NaN recovery, CLI."""
 
 import csv
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,8 +177,10 @@ def test_pruned_checkpoint_with_other_classes_trains_through_the_cli(tmp_path):
     assert YOLO(str(tmp_path / "t" / "weights" / "last.pt")).model.nc == 6
 
 
-def _kill_mid_schedule(tmp_path) -> Path:
-    """Start a real training run and SIGKILL it after step 1, before the schedule ends."""
+@pytest.fixture(scope="session")
+def killed_run(tmp_path_factory) -> Path:
+    """One real training run SIGKILLed after step 1, before its schedule ends (shared: tests resume copies of it)."""
+    tmp_path = tmp_path_factory.mktemp("killed")
     cmd = [
         sys.executable,
         "-m",
@@ -206,12 +209,24 @@ def _kill_mid_schedule(tmp_path) -> Path:
     last = tmp_path / "r" / "weights" / "last.pt"
     done = torch.load(last, weights_only=False)["ema"].prune_state["done"]
     assert 1 <= done < 3, done
+    return tmp_path / "r"
+
+
+def copy_run(run: Path, dst: Path) -> Path:
+    """A copy of a run folder whose last.pt resumes into the copy (Ultralytics resumes into train_args' save_dir)."""
+    shutil.copytree(run, dst)
+    last = dst / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    for args in (ckpt["train_args"], getattr(ckpt["ema"], "args", None)):
+        if isinstance(args, dict):
+            args.update(save_dir=str(dst), project=str(dst.parent), name=dst.name)
+    torch.save(ckpt, last)
     return last
 
 
 @pytest.mark.parametrize("how", ["cli", "python"])
-def test_resume_after_kill_continues_schedule(tmp_path, how):
-    last = _kill_mid_schedule(tmp_path)
+def test_resume_after_kill_continues_schedule(tmp_path, killed_run, how):
+    last = copy_run(killed_run, tmp_path / "r")
     if how == "cli":
         r = run_cli("train", "resume=True", f"model={last}", cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -55,21 +55,27 @@ def check_keys(overrides: dict[str, Any], accepted: dict[str, Any], mode: str) -
 
 
 def _prune(overrides: dict[str, Any]) -> None:
+    from .inputs import check_data
     from .modes.oneshot import prune_file
 
     check_keys(overrides, {**MODE_KEYS["prune"], **dict.fromkeys(mode_keys("prune"))}, "prune")
     if overrides.get("model") is None:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
+    check_data(overrides.get("data"))  # also where the criterion would not read it: a typo is still a typo
     prune_file(**overrides)
 
 
 def _sensitivity(overrides: dict[str, Any]) -> None:
+    from .inputs import check_data
     from .modes.sensitivity import sensitivity_run
 
     check_keys(overrides, MODE_KEYS["sensitivity"], "sensitivity")
     args = {**MODE_KEYS["sensitivity"], **overrides}
     if not args["model"]:
         raise PruneError("model is required; accepted: model=<.pt checkpoint>")
+    if not args["data"]:
+        raise PruneError("data is required; accepted: data=<dataset yaml or built-in name, e.g. shapes>")
+    check_data(args["data"], "detect")
     sensitivity_run(**args)
 
 
@@ -79,6 +85,7 @@ def _train(overrides: dict[str, Any]) -> None:
     from ultralytics.utils.files import get_latest_run
 
     from .checkpoint import load_model
+    from .inputs import check_data, check_resumable, check_teacher
     from .train.model import add_pruning
 
     plugin = {k: overrides.pop(k) for k in mode_keys("train") if k in overrides}
@@ -88,16 +95,20 @@ def _train(overrides: dict[str, Any]) -> None:
     if resume and model is None:  # like 'yolo train resume': the latest run, or resume=path/to/last.pt
         model = resume if isinstance(resume, str) else get_latest_run()
         overrides["resume"] = True
+    if resume:
+        check_resumable(model)
     if not model:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
     yolo = load_model(model)
+    if "data" in overrides:
+        overrides["data"] = check_data(overrides["data"], yolo.task)
     teacher = overrides.get("distill_model") or (yolo.ckpt or {}).get("train_args", {}).get("distill_model")
     if resume and teacher and Path(teacher).parent != Path() and not Path(teacher).is_file():
-        # a path that is gone (a bare name is Ultralytics' to find or download, as for any teacher)
         raise PruneError(
             f"distill_model: the teacher this run resumes with, '{teacher}', is not found; accepted: "
             f"distill_model=<path to the teacher> (prune_distill keeps its teacher as weights/teacher.pt)"
         )
+    check_teacher(overrides.get("distill_model"))
     add_pruning(yolo, **plugin)  # the config's own checks; the run's are made before its folder exists
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
 
@@ -107,50 +118,56 @@ def _export(overrides: dict[str, Any]) -> None:
 
     from .checkpoint import load_model
     from .deploy.export import export
+    from .inputs import check_data, check_export_format, check_imgsz
 
     check_keys(overrides, {**DEFAULT_CFG_DICT, **ULTRALYTICS_ALIASES}, "export")
     model = overrides.pop("model", None)
     if not model:
         raise PruneError("model is required; accepted: model=<.pt checkpoint>")
-    load_model(model)  # one-line errors for a missing or corrupt file, before the exporter runs
+    yolo = load_model(model)  # one-line errors for a missing or corrupt file, before the exporter runs
+    overrides["format"] = check_export_format(overrides.get("format", DEFAULT_CFG_DICT["format"]))
+    if "imgsz" in overrides:
+        check_imgsz("imgsz", overrides["imgsz"])
+    if overrides.get("data"):
+        overrides["data"] = check_data(overrides["data"], yolo.task)
     export(model, **overrides)
 
 
 def _benchmark(overrides: dict[str, Any]) -> None:
-    from .checkpoint import load_model
     from .deploy.benchmark import FORMATS, benchmark
+    from .inputs import check_data, check_imgsz
 
     check_keys(overrides, MODE_KEYS["benchmark"], "benchmark")
     args = {**MODE_KEYS["benchmark"], **overrides}
     for key in ("model", "base"):
         if not args[key]:
             raise PruneError(f"{key} is required; accepted: {key}=<.pt checkpoint>")
-        load_model(args[key])
     formats = [f.strip() for f in str(args.pop("formats")).split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
-    if bad:
+    if bad or not formats:
         raise PruneError(f"formats={','.join(formats)} is invalid; accepted: {', '.join(FORMATS)} (comma-separated)")
     optional_int("threads", args["threads"])
-    if args["data"]:
-        from .datasets import resolve_data
-
-        args["data"] = resolve_data(args["data"])
-    benchmark(formats=formats, device=str(args.pop("device")), **args)
+    optional_int("runs", args["runs"])
+    check_imgsz("imgsz", args["imgsz"])
+    args["data"] = check_data(args["data"]) if args["data"] else None
+    benchmark(formats=formats, **args)
 
 
 def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
 
+    from .inputs import check_data, check_source
+
     check_keys(overrides, {**DEFAULT_CFG_DICT, **ULTRALYTICS_ALIASES}, mode)
+    task = overrides.get("task")
+    if overrides.get("model"):
+        from .checkpoint import load_model
+
+        task = task or load_model(overrides["model"]).task  # 'shapes' follows the model's task: shapes-seg, ...
     if "data" in overrides:
-        from .datasets import resolve_data
-
-        task = overrides.get("task")
-        if task is None and overrides.get("model"):
-            from .checkpoint import load_model
-
-            task = load_model(overrides["model"]).task  # 'shapes' follows the model's task: shapes-seg, ...
-        overrides["data"] = resolve_data(overrides["data"], task)
+        overrides["data"] = check_data(overrides["data"], task)
+    if mode in ("predict", "track") and "source" in overrides:
+        check_source(overrides["source"])
     # entrypoint() reads sys.argv (the same list object Ultralytics captured at import), so rewrite it in place
     sys.argv[:] = ["yolo", mode, *(f"{k}={v}" for k, v in overrides.items())]
     entrypoint()
@@ -192,6 +209,13 @@ def entrypoint(argv: list[str] | None = None) -> int:
     except PruneError as e:
         print(f"yolo-prune: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "yolo-prune: interrupted: files are written whole or not at all (a run's last.pt is its last finished "
+            "epoch or step; resume=True continues it), nothing half-written was left",
+            file=sys.stderr,
+        )
+        return 130
     except Exception as e:
         from .deploy.export import ParityError
 

@@ -23,7 +23,9 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
+from ..cfg import MODE_KEYS, PruneError
 from ..checkpoint import atomic_write_bytes, load_model
+from ..engine.heads import class_count
 from ..engine.pruner import model_info
 from ..engine.runtime import Runtime, onnx_runner, time_interleaved
 from .export import export
@@ -80,27 +82,81 @@ def describe(weights: str, formats, imgsz: int, data: str | None) -> dict[str, A
     return row
 
 
+def architecture(weights: str) -> dict[str, Any]:
+    """What a checkpoint is: its task, class count and family (from the yaml it was built from: a pruned model keeps
+    the yaml of the architecture it came from)."""
+    import re
+
+    net = load_model(weights).model
+    cfg = net.yaml if isinstance(getattr(net, "yaml", None), dict) else {}
+    stem = Path(str(cfg.get("yaml_file", ""))).stem
+    family = re.match(r"(yolov?\d+)", stem)
+    return {"task": getattr(net, "task", None), "nc": class_count(net), "family": family.group(1) if family else stem}
+
+
+def check_comparable(base: str, model: str) -> None:
+    """Refuse a base that is not the pruned model's kind: another task, class count or family.
+
+    Raises:
+        PruneError: Naming what differs.
+    """
+    a, b = architecture(base), architecture(model)
+    for key in ("task", "nc", "family"):
+        if a[key] != b[key]:
+            raise PruneError(
+                f"base={base} is a {a['family']} {a['task']} model with nc={a['nc']}, model={model} a {b['family']} "
+                f"{b['task']} model with nc={b['nc']}: the {key} differs; accepted: the checkpoint the pruned model "
+                f"came from (same task, class count and family)"
+            )
+
+
+D = MODE_KEYS["benchmark"]  # the mode's defaults, as the CLI and the key reference give them
+
+
 def benchmark(
     model: str,
     base: str,
     formats=FORMATS,
-    imgsz: int = 640,
-    runs: int = 100,
-    device: str = "cpu",
-    data: str | None = None,
-    threads: int | None = None,
-    project: str = "runs/benchmark",
-    name: str = "exp",
-    exist_ok: bool = False,
+    imgsz: int = D["imgsz"],
+    runs: int = D["runs"],
+    device: str = D["device"],
+    data: str | None = D["data"],
+    threads: int | None = D["threads"],
+    project: str = D["project"],
+    name: str = D["name"],
+    exist_ok: bool = D["exist_ok"],
 ) -> dict[str, Any]:
     """Compare ``model`` (pruned) with ``base`` (original); write CSV, JSON and a PNG chart; return the results.
 
-    Both models are exported first, then timed in alternation per format (see :func:`time_interleaved`) with
-    ``threads`` intra-op threads (default: torch's thread count).
+    Both models are exported first, then timed in alternation per format (see
+    :func:`~yolo_prune.engine.runtime.time_interleaved`) with ``threads`` intra-op threads (default: torch's).
+
+    Args:
+        model: The pruned checkpoint.
+        base: The checkpoint it was pruned from (same task, class count and family).
+        formats: Export formats to time (``onnx``, ``openvino``); a CUDA ``device`` adds PyTorch CUDA fp16.
+        imgsz: Input size of the exports.
+        runs: Timed runs per model and format.
+        device: ``cpu``, or a CUDA device for the PyTorch row.
+        data: Dataset to validate both exports on (mAP50-95 columns).
+        threads: Intra-op threads of the runtimes.
+        project: Folder of the run folder.
+        name: Run folder name.
+        exist_ok: Write into an existing run folder.
+
+    Returns:
+        The results (rows per model, speed-ups and realizations), also written as benchmark.{csv,json,png}.
+
+    Raises:
+        PruneError: Models that cannot be compared, or a device that is not here.
     """
+    from ..inputs import check_device
+
+    check_comparable(base, model)
+    device = check_device(device)
     threads = threads or torch.get_num_threads()
     formats = list(formats)
-    if device != "cpu" and torch.cuda.is_available():
+    if device != "cpu":
         formats = ["torch-cuda", *formats]
     # exports go to a scratch folder, moved into the run folder at the end: Ultralytics writes them next to the .pt,
     # which may be a read-only install (the shipped models) or the user's weights folder

@@ -130,6 +130,29 @@ def read_table(path: str | Path) -> dict[int, dict[float, float]]:
     return table
 
 
+def check_table(path: str | Path, model) -> None:
+    """Refuse a sensitivity.csv made on another model: its baseline row records the parameters of the model it was
+    made on, and its layers must be layers of this one.
+
+    Raises:
+        PruneError: Naming the figure that differs.
+    """
+    path = Path(path)
+    try:
+        with path.open() as f:
+            base = next(r for r in csv.DictReader(f) if r["layer"] == "none")
+        params = int(float(base["params"]))
+    except (OSError, KeyError, ValueError, StopIteration) as e:
+        raise PruneError(f"prune_sensitivity={str(path)!r} is not a sensitivity.csv ({type(e).__name__})") from None
+    own = sum(p.numel() for p in model.parameters())
+    layers = sorted(read_table(path))
+    if params != own or (layers and layers[-1] >= len(model.model)):
+        raise PruneError(
+            f"prune_sensitivity={str(path)!r} was made on a model with {params:,} parameters, this one has {own:,}; "
+            f"accepted: a table made by 'yolo-prune sensitivity' on this model"
+        )
+
+
 def removed_for_target(
     pruner, path: str | Path, flops_fraction: float, cost: CostModel | None = None
 ) -> list[int]:

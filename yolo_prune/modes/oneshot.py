@@ -15,9 +15,10 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
 from .. import __version__
-from ..cfg import PruneConfig, PruneError, imgsz_value
+from ..cfg import MODE_KEYS, PruneConfig, PruneError, imgsz_value
 from ..checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from ..datasets import calibration_batches, resolve_data
+from ..engine.allocate import check_table
 from ..engine.blocks import fold_model, needs_yolo_prune
 from ..engine.graph import check_supported
 from ..engine.importance import GRAD_BATCHES, GRADIENT_METHODS
@@ -36,15 +37,18 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
+D = MODE_KEYS["prune"]  # the mode's defaults, as the CLI and the key reference give them
+
+
 def prune_file(
     model: str | Path,
-    imgsz: int = 640,
-    data: str | None = None,
-    batch: int = 16,
-    device: str | None = None,
-    project: str | Path = "runs/prune",
-    name: str = "exp",
-    exist_ok: bool = False,
+    imgsz: int = D["imgsz"],
+    data: str | None = D["data"],
+    batch: int = D["batch"],
+    device: str | None = D["device"],
+    project: str | Path = D["project"],
+    name: str = D["name"],
+    exist_ok: bool = D["exist_ok"],
     **prune_args: Any,
 ) -> dict[str, Any]:
     """Prune ``model`` (yaml or .pt) once and save it; returns the summary that was written.
@@ -78,12 +82,15 @@ def prune_file(
     net = yolo.model
     check_supported(net)
     fold_model(net)  # one cv1 per block (older yolo-prune checkpoints hold split blocks): stable layer names
+    if cfg.prune_sensitivity:
+        check_table(cfg.prune_sensitivity, net)
     before, widths_before = model_info(net, imgsz), layer_widths(net)
     t0 = time.perf_counter()
     extra = _prune(net, cfg, imgsz, data, batch, runtime)
     elapsed = time.perf_counter() - t0
     after = model_info(net, imgsz)
     if cfg.structured and cfg.prune is not None:
+        check_reached(cfg, before["gflops"], after["gflops"])
         warn_if_missed(cfg.prune, before["gflops"], after["gflops"], "prune")
     # what was done travels with the model (a plain dict, loadable anywhere): fine-tuning a sparse model keeps its zeros
     net.prune_state = make_state(cfg, [], before)
@@ -96,6 +103,24 @@ def prune_file(
     summary["save_dir"] = str(save_dir)
     _log(summary, weights, elapsed)
     return summary
+
+
+REFUSE_MISS = 0.05  # a plan more than 5 points off its GFLOPs target is refused, not written
+
+
+def check_reached(cfg: PruneConfig, before: float, after: float) -> None:
+    """Refuse, before anything is written, a prune that landed more than 5 points off its GFLOPs target.
+
+    Raises:
+        PruneError: With the reduction this model reaches under the other keys (prune_ignore, prune_layers, ...).
+    """
+    reached = 1 - after / before
+    if abs(reached - cfg.prune) > REFUSE_MISS:
+        why = "prune_ignore / prune_layers / prune_round leave" if reached < cfg.prune else "prune_round rounds to"
+        raise PruneError(
+            f"prune={cfg.prune:g} cannot be reached: the plan removes {reached:.1%} of the GFLOPs ({why} that much); "
+            f"accepted: prune <= {max(reached, 0):.2f}, or fewer prune_ignore layers / a smaller prune_round"
+        )
 
 
 def _prune(net, cfg: PruneConfig, imgsz: int, data, batch: int, runtime: Runtime | None) -> dict[str, Any]:

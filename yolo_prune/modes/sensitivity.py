@@ -20,7 +20,7 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.files import increment_path
 
-from ..cfg import KEYS, PruneError, imgsz_value
+from ..cfg import KEYS, MODE_KEYS, PruneError, imgsz_value
 from ..checkpoint import atomic_write_bytes, load_model
 from ..datasets import resolve_data
 from ..engine.allocate import layer_plan
@@ -28,6 +28,7 @@ from ..engine.graph import check_supported, prepare_model
 from ..engine.plan import apply_plan
 from ..engine.pruner import ChannelPruner, model_info
 
+D = MODE_KEYS["sensitivity"]  # the mode's defaults, as the CLI and the key reference give them
 COLUMNS = ("layer", "ratio", "channels_removed", "params", "gflops", "map50", "map50_95", "drop")
 
 
@@ -49,10 +50,14 @@ class Validator:
     """mAP of in-memory models on one dataset, reusing Ultralytics' DetectionValidator and its dataloader."""
 
     def __init__(self, data: str, imgsz: int, batch: int, device: str = "cpu"):
+        import tempfile
+
         from ultralytics.models.yolo.detect import DetectionValidator
 
         args = {"data": data, "imgsz": imgsz, "batch": batch, "device": device, "plots": False, "verbose": False}
-        self.validator = DetectionValidator(args=args)
+        # a scratch folder: a validator makes <project>/detect/val-N otherwise, empty since plots are off
+        self._scratch = tempfile.TemporaryDirectory(prefix="yolo-prune-sensitivity-")
+        self.validator = DetectionValidator(save_dir=Path(self._scratch.name), args=args)
 
     def __call__(self, model: nn.Module) -> tuple[float, float]:
         """(mAP50, mAP50-95) of a copy of ``model`` (the validator fuses what it gets)."""
@@ -152,16 +157,16 @@ def write(rows: list[dict[str, Any]], save_dir: Path) -> None:
 def sensitivity_run(
     model: str | Path,
     data: str,
-    ratios=(0.1, 0.3, 0.5),
-    imgsz: int = 640,
-    batch: int = 16,
-    layers=None,
-    prune_method: str = "l2",
-    prune_round: int = KEYS["prune_round"].default,
-    device: str = "cpu",
-    project: str | Path = "runs/sensitivity",
-    name: str = "exp",
-    exist_ok: bool = False,
+    ratios=D["ratios"],
+    imgsz: int = D["imgsz"],
+    batch: int = D["batch"],
+    layers=D["layers"],
+    prune_method: str = D["prune_method"],
+    prune_round: int = D["prune_round"],
+    device: str = D["device"],
+    project: str | Path = D["project"],
+    name: str = D["name"],
+    exist_ok: bool = D["exist_ok"],
 ) -> Path:
     """``yolo-prune sensitivity``: load ``model``, run :func:`sensitivity`, save under ``project/name``; returns the dir."""
     check_ratios(ratios)

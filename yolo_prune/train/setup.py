@@ -13,6 +13,7 @@ from ultralytics.utils import LOGGER
 
 from ..cfg import PruneConfig
 from ..checkpoint import is_distilling, student_of
+from ..engine.allocate import check_table
 from ..engine.graph import check_supported
 from ..engine.pruner import model_info
 from .latency_run import LatencyRun
@@ -34,6 +35,8 @@ def resumed(cfg: PruneConfig, raw: dict) -> dict:
 def new(cfg: PruneConfig, trainer, model, latency: LatencyRun) -> dict:
     """A new schedule: the model measured, the latency target checked, the plan of steps logged."""
     check_supported(model)
+    if cfg.prune_sensitivity:
+        check_table(cfg.prune_sensitivity, model)
     info = model_info(model, FLOPS_IMGSZ)
     schedule = new_schedule(cfg, trainer.epochs, trainer.args.patience, trainer.args.val)
     state = make_state(cfg, schedule.epochs, info)

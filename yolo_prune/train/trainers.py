@@ -55,8 +55,11 @@ def is_pruned(model: nn.Module) -> bool:
     whose shape differs from the yaml's (a one-shot pruned model folds back to Ultralytics' classes, so only the
     shapes tell)."""
     model = unwrap_model(model)
-    if hasattr(model, "prune_state") or needs_yolo_prune(model):
-        return True
+    return hasattr(model, "prune_state") or needs_yolo_prune(model) or shapes_differ(model)
+
+
+def shapes_differ(model: nn.Module) -> bool:
+    """Whether any parameter's shape differs from what ``model.yaml`` builds."""
     cfg = getattr(model, "yaml", None)
     if not isinstance(cfg, dict):
         return False  # nothing to rebuild from: the stock path decides
@@ -112,11 +115,20 @@ class PruneTrainerMixin:
                 f"layers at the pruned widths; every other layer keeps its pruned width and weights"
             )
         if verbose:
-            LOGGER.info("yolo-prune: training the pruned model as it is (no rebuild from model.yaml)")
+            state = getattr(weights, "prune_state", None) or {}
+            if needs_yolo_prune(weights) or shapes_differ(weights):
+                what = "training the pruned model as it is"
+            elif state.get("schedule") and not state.get("done"):
+                what = "continuing its prune schedule, no step has run yet: training the model as it is"
+            else:
+                what = "training the model as it is, with its prune_state"
+            LOGGER.info(f"yolo-prune: {what} (no rebuild from model.yaml)")
+        # a loaded checkpoint's parameters are frozen (Ultralytics' loader): trainable again, as a model built from
+        # the yaml is, so the trainer applies its freeze policy without a warning per parameter
+        for p in weights.parameters():
+            p.requires_grad = True
         if hasattr(self, "set_model_names_for_load"):
             return self.set_model_names_for_load(weights)
-        for p in weights.parameters():
-            p.requires_grad = True  # as ClassificationTrainer.get_model does
         return weights
 
     def validate(self):

@@ -1,0 +1,161 @@
+"""Checks of the run's own (Ultralytics) inputs, made where a run enters and before anything is written.
+
+Ultralytics checks these itself, but late (after a run folder exists), with tracebacks, or by installing or downloading
+what is missing. Each check here gives one :class:`~yolo_prune.cfg.PruneError` line naming the key and what is
+accepted; where Ultralytics' own check is the authority (dataset files), it is run and its message becomes that line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from .cfg import PruneError
+
+# export format -> (modules it needs, what to pip install): Ultralytics would install them at run time
+EXPORT_NEEDS = {
+    "openvino": (("openvino",), "openvino (or pip install 'yolo-prune[openvino]')"),
+    "engine": (("tensorrt",), "tensorrt, on a machine with an NVIDIA GPU"),
+    "coreml": (("coremltools",), "coremltools"),
+    "saved_model": (("tensorflow",), "tensorflow"),
+    "pb": (("tensorflow",), "tensorflow"),
+    "edgetpu": (("tensorflow",), "tensorflow and the Edge TPU compiler"),
+    "litert": (("litert_torch", "ai_edge_litert"), "litert-torch ai-edge-litert"),
+    "paddle": (("paddle",), "paddlepaddle"),
+    "mnn": (("MNN",), "MNN"),
+    "ncnn": (("ncnn", "pnnx"), "ncnn pnnx"),
+    "executorch": (("executorch",), "executorch"),
+    "rknn": (("rknn",), "rknn-toolkit2"),
+}
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line (Ultralytics' messages span several, with emojis and hints)."""
+    text = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
+    return text.encode("ascii", "ignore").decode().strip()
+
+
+def check_imgsz(key: str, v: Any) -> None:
+    """``imgsz``: an integer, or a list of two (as Ultralytics takes it)."""
+    items = v if isinstance(v, (list, tuple)) else [v]
+    if not 1 <= len(items) <= 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in items):
+        raise PruneError(f"{key}={v!r} is invalid; accepted: a positive integer (e.g. 640) or [height, width]")
+
+
+def check_export_format(fmt: Any) -> str:
+    """The export ``format`` (Ultralytics' spelling), valid and with its runtime's packages installed."""
+    from ultralytics.engine.exporter import export_formats
+
+    name = str(fmt).lower()
+    accepted = [a for a in export_formats()["Argument"] if a != "-"]
+    if name not in accepted:
+        raise PruneError(f"format={fmt!r} is invalid; accepted: {', '.join(accepted)}")
+    modules, pip = EXPORT_NEEDS.get(name, ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PruneError(
+            f"format={name} needs {', '.join(missing)}, {'which is' if len(missing) == 1 else 'which are'} not "
+            f"installed (yolo-prune installs nothing at run time); accepted: pip install {pip}, or another format"
+        )
+    return name
+
+
+def _packaged_dataset(name: str) -> bool:
+    """Whether ``name`` is one of Ultralytics' packaged dataset yamls (coco8.yaml, ...), which it downloads itself."""
+    from ultralytics.cfg import DEFAULT_CFG_PATH
+
+    return (Path(DEFAULT_CFG_PATH).parent / "datasets" / Path(name).name).is_file() and Path(name).name == name
+
+
+def check_data(data: Any, task: str | None = None) -> Any:
+    """``data=``: a built-in name (returned as its generated yaml or folder), a local dataset yaml or classification
+    folder that Ultralytics' own dataset check accepts, or one of Ultralytics' packaged dataset names.
+
+    Raises:
+        PruneError: A file or folder that does not exist, or one Ultralytics' check refuses (its message, one line).
+    """
+    from .datasets import is_builtin, resolve_data
+
+    if data is None or data == "":
+        return data
+    if is_builtin(data):
+        return resolve_data(data, task)
+    path = Path(str(data))
+    if not path.exists():
+        if _packaged_dataset(str(data)):
+            return data
+        raise PruneError(
+            f"data={str(data)!r} is not found; accepted: a dataset yaml, a classification folder, or a built-in "
+            f"dataset (shapes, shapes-500, shapes-seg, ...)"
+        )
+    from ultralytics.data.utils import check_cls_dataset, check_det_dataset
+
+    try:
+        if path.is_dir() or task == "classify":
+            check_cls_dataset(str(path))
+        else:
+            check_det_dataset(str(path), autodownload=False)
+    except Exception as e:  # noqa: BLE001  Ultralytics raises many types for a bad dataset; its message is the line
+        raise PruneError(f"data={str(data)!r}: {first_line(e)}") from None
+    return data
+
+
+def check_source(source: Any) -> None:
+    """``source=`` of predict / track: a local path must exist (URLs, streams, webcams and globs are Ultralytics')."""
+    if not isinstance(source, (str, Path)):
+        return
+    s = str(source)
+    if "://" in s or s.isdigit() or s == "screen" or any(c in s for c in "*?[") or s.endswith(".streams"):
+        return
+    if not Path(s).exists():
+        raise PruneError(f"source={s!r} is not found; accepted: an image, video or folder path, a URL, or a webcam 0")
+
+
+def check_device(device: Any) -> str:
+    """``device=`` of yolo-prune's own modes: cpu, or a CUDA device that exists here."""
+    import torch
+
+    d = str(device).lower().replace("cuda:", "")
+    if d == "cpu":
+        return "cpu"
+    ids = [x for x in d.split(",") if x.strip()]
+    if not ids or not all(x.strip().isdigit() for x in ids):
+        raise PruneError(f"device={device!r} is invalid; accepted: cpu, or a CUDA device index such as 0")
+    count = torch.cuda.device_count()
+    if max(int(x) for x in ids) >= count:
+        found = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA GPU"
+        raise PruneError(f"device={device} is not available here ({found}); accepted: device=cpu")
+    return d
+
+
+def check_teacher(teacher: Any) -> None:
+    """``distill_model=``: an existing checkpoint, a shipped model, or a name Ultralytics downloads (yolo11n.pt)."""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    from .assets import MODELS
+
+    if not teacher or Path(str(teacher)).is_file() or str(teacher) in MODELS or str(teacher) in GITHUB_ASSETS_NAMES:
+        return
+    raise PruneError(
+        f"distill_model={str(teacher)!r} is not found; accepted: a teacher .pt checkpoint, or an Ultralytics model "
+        f"name such as yolo11s.pt"
+    )
+
+
+def check_resumable(last: Any) -> None:
+    """A ``resume=True`` checkpoint must be an unfinished run's ``last.pt``, as Ultralytics itself requires."""
+    import torch
+
+    if not last or not Path(str(last)).is_file():
+        raise PruneError(
+            f"resume: no checkpoint to resume ({'no last.pt found under runs/' if not last else str(last)!r}); "
+            f"accepted: resume=True model=path/to/last.pt"
+        )
+    ckpt = torch.load(str(last), map_location="cpu", weights_only=False)
+    epochs = (ckpt.get("train_args") or {}).get("epochs")
+    if not isinstance(ckpt, dict) or ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
+        raise PruneError(
+            f"resume: {last} is a finished run (training to {epochs} epochs is complete), nothing to resume; "
+            f"accepted: train it anew with model={last} (no resume)"
+        )
