@@ -42,7 +42,7 @@ def test_trained_checkpoint_prunes_in_python(trained_pt):
 def test_criteria_choose_differently_and_register():
     model = YOLO("yolo11n.yaml").model
     prepare_model(model)
-    plans = {m: ChannelPruner(model, method=m, prune_round=8).plan(ratio=0.5) for m in ("l1", "l2")}
+    plans = {m: ChannelPruner(model, prune_method=m, prune_round=8).plan(ratio=0.5) for m in ("l1", "l2")}
     assert [n for n, _ in plans["l1"].groups] == [n for n, _ in plans["l2"].groups]  # same groups, same counts
     assert plans["l1"].n_channels == plans["l2"].n_channels
     assert plans["l1"].groups != plans["l2"].groups  # but not the same channels

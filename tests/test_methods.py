@@ -154,14 +154,14 @@ def test_sparsity_training_shrinks_scales_until_the_last_step(tmp_path, tiny_dat
         cb.on_pretrain_routine_end(trainer)
         trainer.epoch = 0
         cb.on_train_epoch_start(trainer)  # no step yet: attaches the sparsity hook when lambda > 0
-        assert (cb.sparsity is not None) == (lam > 0)
+        assert (cb.hooks.sparsity is not None) == (lam > 0)
         batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
         fit(trainer, batch, 10)
         scales[lam] = _bn_scale(trainer)
         if lam:
             trainer.epoch = 2
             cb.on_train_epoch_start(trainer)  # the last step: sparsity training ends with it
-            assert cb.state["done"] == 1 and cb.sparsity is None
+            assert cb.state["done"] == 1 and cb.hooks.sparsity is None
     assert scales[30.0] < 0.9 * scales[0.0], scales
 
 

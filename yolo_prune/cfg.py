@@ -46,16 +46,14 @@ def fraction(key: str, v: Any) -> float | None:
     return float(v)
 
 
-def positive_int(key: str, v: Any, optional: bool = False) -> int | None:
-    if v is None and optional:
-        return None
+def positive_int(key: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise _bad(key, v, "an integer >= 1")
     return v
 
 
 def optional_int(key: str, v: Any) -> int | None:
-    return positive_int(key, v, optional=True)
+    return None if v is None else positive_int(key, v)
 
 
 def epoch(key: str, v: Any) -> int | None:
@@ -142,10 +140,6 @@ def imgsz_value(key: str, v: Any) -> int:
     return v
 
 
-def anything(key: str, v: Any) -> Any:
-    return v
-
-
 @dataclass(frozen=True)
 class Key:
     """One key: its default, what it accepts (as the docs and error lines say it), its parser and its modes."""
@@ -153,7 +147,7 @@ class Key:
     default: Any
     accepts: str
     help: str
-    parse: Callable[[str, Any], Any] = anything
+    parse: Callable[[str, Any], Any] = lambda k, v: v  # noqa: E731
     modes: tuple[str, ...] = ("train", "prune")
     default_text: str | None = None  # how the docs show a computed default
 
@@ -212,9 +206,15 @@ def mode_keys(mode: str) -> list[str]:
 
 
 def suggest(key: str, accepted) -> str:
-    """``"did you mean 'x'? "`` for the closest accepted key, or ``""``."""
-    close = difflib.get_close_matches(key, list(accepted), n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    """``"did you mean 'x'? "`` for the closest accepted key (plugin keys also by their name after ``prune_``), or
+    ``""``."""
+    names = {}
+    for k in accepted:
+        names.setdefault(k, k)
+        names.setdefault(k.removeprefix("prune_"), k)
+    close = difflib.get_close_matches(key.removeprefix("prune_"), list(names), n=1)
+    close = close or difflib.get_close_matches(key, list(names), n=1)
+    return f"did you mean '{names[close[0]]}'? " if close else ""
 
 
 @dataclass(frozen=True)

@@ -135,14 +135,10 @@ def benchmark(
         model: The pruned checkpoint.
         base: The checkpoint it was pruned from (same task, class count and family).
         formats: Export formats to time (``onnx``, ``openvino``); a CUDA ``device`` adds PyTorch CUDA fp16.
-        imgsz: Input size of the exports.
-        runs: Timed runs per model and format.
+        imgsz, runs, threads: Input size, timed runs per model and format, intra-op threads of the runtimes.
         device: ``cpu``, or a CUDA device for the PyTorch row.
         data: Dataset to validate both exports on (mAP50-95 columns).
-        threads: Intra-op threads of the runtimes.
-        project: Folder of the run folder.
-        name: Run folder name.
-        exist_ok: Write into an existing run folder.
+        project, name, exist_ok: The run folder, as Ultralytics names them.
 
     Returns:
         The results (rows per model, speed-ups and realizations), also written as benchmark.{csv,json,png}.
@@ -170,24 +166,30 @@ def benchmark(
             rows[k] = {**describe(str(local), formats, imgsz, data), "model": str(w)}
         result = _measure(rows, formats, imgsz, runs, device, threads)
         save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
-        save_dir.mkdir(parents=True, exist_ok=True)
-        for k, row in rows.items():
-            for fmt in formats:
-                if f"{fmt}_file" in row:
-                    dst = save_dir / k / Path(row[f"{fmt}_file"]).name
-                    dst.parent.mkdir(exist_ok=True)
-                    if dst.is_dir():  # exist_ok=True: a previous run's export
-                        shutil.rmtree(dst)
-                    else:
-                        dst.unlink(missing_ok=True)
-                    shutil.move(row[f"{fmt}_file"], dst)
-                    row[f"{fmt}_file"] = str(dst)
+        _move_exports(rows, formats, save_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write_results(result, formats, save_dir)
     LOGGER.info(format_table(result, formats) + f"\nResults saved to {save_dir}")
     result["save_dir"] = str(save_dir)
     return result
+
+
+def _move_exports(rows: dict, formats, save_dir: Path) -> None:
+    """Move each row's exports from the scratch folder into ``save_dir/<base|pruned>/`` (replacing a previous run's
+    with ``exist_ok=True``), and point the rows at them."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for k, row in rows.items():
+        for fmt in formats:
+            if f"{fmt}_file" in row:
+                dst = save_dir / k / Path(row[f"{fmt}_file"]).name
+                dst.parent.mkdir(exist_ok=True)
+                if dst.is_dir():
+                    shutil.rmtree(dst)
+                else:
+                    dst.unlink(missing_ok=True)
+                shutil.move(row[f"{fmt}_file"], dst)
+                row[f"{fmt}_file"] = str(dst)
 
 
 def _measure(rows: dict, formats, imgsz: int, runs: int, device: str, threads: int) -> dict[str, Any]:

@@ -53,8 +53,7 @@ def prune_file(
 ) -> dict[str, Any]:
     """Prune ``model`` (yaml or .pt) once and save it; returns the summary that was written.
 
-    Everything is validated before anything is written, and the two outputs are written atomically, so bad input
-    leaves no files.
+    Everything is validated before anything is written, and both outputs are written atomically.
 
     Args:
         model: A model yaml or .pt checkpoint.
@@ -72,12 +71,7 @@ def prune_file(
         PruneError: Bad keys, a missing model or data, or an unreachable latency target.
     """
     cfg = PruneConfig.from_keys(prune_args, mode="prune")
-    if cfg.prune_method in GRADIENT_METHODS and cfg.structured and not data:
-        raise PruneError(f"prune_method={cfg.prune_method} ranks by gradients; accepted: add data=<dataset>")
-    imgsz = imgsz_value("imgsz", imgsz)
-    runtime = None
-    if cfg.prune_latency is not None:
-        runtime = Runtime(cfg.prune_runtime, check_runtime(cfg.prune_runtime, device), cfg.prune_threads, 1, imgsz)
+    imgsz, runtime = _check(cfg, imgsz, data, device)
     yolo = load_model(model)
     net = yolo.model
     check_supported(net)
@@ -103,6 +97,17 @@ def prune_file(
     summary["save_dir"] = str(save_dir)
     _log(summary, weights, elapsed)
     return summary
+
+
+def _check(cfg: PruneConfig, imgsz, data, device) -> tuple[int, Runtime | None]:
+    """The one-shot mode's own checks: data for gradient criteria, imgsz, and the latency runtime; (imgsz, runtime)."""
+    if cfg.prune_method in GRADIENT_METHODS and cfg.structured and not data:
+        raise PruneError(f"prune_method={cfg.prune_method} ranks by gradients; accepted: add data=<dataset>")
+    imgsz = imgsz_value("imgsz", imgsz)
+    runtime = None
+    if cfg.prune_latency is not None:
+        runtime = Runtime(cfg.prune_runtime, check_runtime(cfg.prune_runtime, device), cfg.prune_threads, 1, imgsz)
+    return imgsz, runtime
 
 
 REFUSE_MISS = 0.05  # a plan more than 5 points off its GFLOPs target is refused, not written
