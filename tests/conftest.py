@@ -108,7 +108,7 @@ MATRIX_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": Fal
 
 
 def task_model(family: str, task: str):
-    """``family`` x ``task`` built from its yaml with the built-in data's classes (and keypoints), as training builds it."""
+    """``family`` x ``task`` from its yaml with the built-in data's classes (and keypoints), as training builds it."""
     from ultralytics import YOLO
 
     cfg = f"{family}{SUFFIX[task]}.yaml"
@@ -145,6 +145,6 @@ def matrix(tmp_path_factory) -> dict[str, dict]:
             model = add_pruning(YOLO(str(oneshot)), prune=0.5, prune_steps=1, prune_start=0)
             model.train(data="shapes-8", project=str(root / "train"), name=cell, **MATRIX_TRAIN)
             run = root / "train" / cell / "weights"
-            cells[cell] = {"family": family, "task": task, "base": yolo.model, "base_flops": get_flops(yolo.model, 640),
-                           "oneshot": oneshot, "summary": s, "last": run / "last.pt", "best": run / "best.pt"}  # fmt: skip
+            cells[cell] = {"family": family, "task": task, "base": yolo.model, "summary": s, "oneshot": oneshot,
+                           "base_flops": get_flops(yolo.model, 640), "last": run / "last.pt", "best": run / "best.pt"}
     return cells

@@ -52,12 +52,12 @@ CASES = {
     "benchmark: runs=0": (["benchmark", "model={pt}", "base={pt}", "runs=0"], "runs=0 is invalid"),
     "benchmark: runs=-3": (["benchmark", "model={pt}", "base={pt}", "runs=-3"], "runs=-3 is invalid"),
     "benchmark: runs=abc": (["benchmark", "model={pt}", "base={pt}", "runs=abc"], "runs='abc' is invalid"),
-    "benchmark: base of another family/task/nc": (["benchmark", "model={pt}", "base={pose}"], "differ; accepted"),
+    "benchmark: base of another family/task/nc": (["benchmark", "model={pt}", "base={pose}"], "differs; accepted"),
     "benchmark: device=0 without a GPU": (["benchmark", "model={pt}", "base={pt}", "device=0"],
                                           "device=0 is not available here"),
     "predict: source= missing": (["predict", "model={pt}", "source=missing.jpg"], "source='missing.jpg' is not found"),
     "prune: prune_ignore leaves nothing": (["prune", "model=yolo11n.yaml", "prune=0.5", f"prune_ignore={ALL_LAYERS}",
-                                            "imgsz=64"], "prune=0.5 cannot be reached: the plan removes 0.0%"),
+                                            "imgsz=64"], "prune=0.5 cannot be reached on this model: the plan removes 0.0% of the GFLOPs (prune_ignore leave"),
     "prune: sensitivity table of another model": (["prune", "model={seg}", "prune=0.5", "prune_method=sensitivity",
                                                    "prune_sensitivity={sens}"], "was made on a model with"),
     "train: resume a finished run": (["train", "resume=True", "model={pt}"], "is a finished run"),
@@ -122,3 +122,28 @@ def test_training_a_pruned_checkpoint_warns_about_no_frozen_layer(tmp_path, trai
     assert r.returncode == 0, r.stderr[-3000:]
     frozen = [ln for ln in log_lines if "for frozen layer" in ln]
     assert len(frozen) <= 1 and any("training the pruned model as it is" in ln for ln in log_lines)
+
+
+def test_resume_before_the_first_step_says_so(tmp_path, log_lines):
+    """A run stopped before its first step resumes with a line that says no step has run yet (not 'the pruned
+    model')."""
+    from yolo_prune import add_pruning
+
+    saved = tmp_path / "epoch1.pt"
+
+    def interrupt(t):  # last.pt as a kill after epoch 1 would leave it (a finished run strips it)
+        if t.epoch == 0:
+            saved.write_bytes(t.last.read_bytes())
+            t.stop = True
+
+    model = add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_steps=1, prune_start=2)
+    model.add_callback("on_fit_epoch_end", interrupt)
+    model.train(data="shapes-8", epochs=3, imgsz=64, batch=4, workers=0, plots=False, val=False,
+                project=str(tmp_path), name="r")  # fmt: skip
+    last = tmp_path / "r" / "weights" / "last.pt"
+    last.write_bytes(saved.read_bytes())
+    log_lines.clear()
+    add_pruning(YOLO(str(last))).train(resume=True)
+    said = [ln for ln in log_lines if "as it is" in ln]
+    assert said and all("no step has run yet" in ln for ln in said), said
+    assert YOLO(str(last)).model.prune_state["done"] == 1  # and the step then ran

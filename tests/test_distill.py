@@ -113,6 +113,8 @@ def test_prune_distill_refusals(tmp_path):
     # resuming a distillation run whose teacher file is gone: one line, not a download attempt
     gone = str(tmp_path / "gone" / "teacher.pt")
     last = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "last.pt", {"task": "detect", "distill_model": gone})
+    ckpt = torch.load(last, weights_only=False)
+    torch.save({**ckpt, "epoch": 0, "optimizer": {}}, last)  # an unfinished run's last.pt: there is a resume
     r = run_cli("train", f"resume={last}", cwd=tmp_path)
     assert r.returncode == 2 and "distill_model:" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

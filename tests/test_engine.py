@@ -12,7 +12,7 @@ from yolo_prune.engine.pruner import ChannelPruner
 from yolo_prune.engine.plan import apply_plan, kept_channels
 from yolo_prune.engine.graph import check_supported, prepare_model
 from yolo_prune.engine.targets import plan_for_target
-from yolo_prune.engine.importance import IMPORTANCES, register
+from yolo_prune.engine.importance import IMPORTANCES, register, unregister
 
 
 def test_plan_replays_identically_on_a_copy():
@@ -53,7 +53,8 @@ def test_criteria_choose_differently_and_register():
         plan = ChannelPruner(model, prune_method="first_channels", prune_round=8).plan(ratio=0.5)
         assert dict(plan.groups)["model.0.conv"] == list(range(8))
     finally:
-        IMPORTANCES.pop("first_channels")
+        unregister("first_channels")
+    assert "first_channels" not in IMPORTANCES
 
 
 @pytest.mark.parametrize(

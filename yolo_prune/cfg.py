@@ -4,8 +4,8 @@ Plugin keys never enter Ultralytics' ``default.yaml`` or ``trainer.args`` (Ultra
 its DDP workers). They are validated once, where a run enters (the CLI, :func:`~yolo_prune.add_pruning`,
 :class:`~yolo_prune.PruneCallbacks`, :func:`~yolo_prune.prune_model` via the one-shot mode), into a frozen
 :class:`PruneConfig`; the same names are used all the way down, in the engine's arguments and in the checkpoint's
-``prune_state``. ``yolo-prune help`` and the docs' key reference (``python -m yolo_prune.cfg --markdown``) are
-generated from :data:`KEYS` and :data:`MODE_KEYS`.
+``prune_state``. ``yolo-prune help`` (:func:`yolo_prune.cli.help_text`) and the docs' key reference
+(``python -m yolo_prune.cfg``) are generated from :data:`KEYS` and :data:`MODE_KEYS`.
 
 This module imports nothing of torch, Ultralytics or the rest of the package, so ``yolo-prune help`` is instant.
 """
@@ -87,7 +87,7 @@ def existing_file(key: str, v: Any) -> str | None:
     if v is None or v == "":
         return None
     if not Path(str(v)).is_file():
-        raise PruneError(f"{key}={str(v)!r} is not a file; accepted: a sensitivity.csv written by 'yolo-prune sensitivity'")
+        raise PruneError(f"{key}={str(v)!r} is not a file; accepted: a sensitivity.csv of 'yolo-prune sensitivity'")
     return str(v)
 
 
@@ -205,6 +205,14 @@ def mode_keys(mode: str) -> list[str]:
     return [k for k, key in KEYS.items() if mode in key.modes]
 
 
+def other_mode(key: str, accepted) -> str | None:
+    """The line for a plugin key of another mode (``prune_ratio`` in training, ``prune_steps`` one-shot), or None."""
+    if key not in KEYS:
+        return None
+    where = "one-shot 'yolo-prune prune'" if "prune" in KEYS[key].modes else "training ('yolo-prune train')"
+    return f"{key} is for {where} only; accepted here: {', '.join(k for k in accepted if k in KEYS)}"
+
+
 def suggest(key: str, accepted) -> str:
     """``"did you mean 'x'? "`` for the closest accepted key (plugin keys also by their name after ``prune_``), or
     ``""``."""
@@ -247,22 +255,23 @@ class PruneConfig:
         accepted = mode_keys(mode)
         for k in keys:
             if k not in accepted:
-                if k in KEYS:  # a key of the other mode
-                    where = "one-shot 'yolo-prune prune'" if "prune" in KEYS[k].modes else "training"
-                    raise PruneError(f"{k} is for {where} only; accepted here: {', '.join(accepted)}")
-                raise PruneError(
+                raise PruneError(other_mode(k, accepted) or (
                     f"'{k}' is not a valid yolo-prune key; {suggest(k, accepted)}accepted: {', '.join(accepted)}"
-                )
+                ))  # fmt: skip
         values = {k: KEYS[k].parse(k, keys.get(k, KEYS[k].default)) for k in KEYS}
-        if values["prune_mode"] == "2:4":  # 2 of every 4 weights, at once: there is no amount and no schedule
-            if values["prune"] not in (None, 0.5):
-                raise PruneError(f"prune={values['prune']} does not apply to prune_mode=2:4 (always 50%); "
-                                 f"accepted: leave it out")  # fmt: skip
+        cfg = cls(**values)
+        cfg._check_rules(mode)  # on what the user gave, before 2:4 fills in its amount
+        if cfg.prune_mode == "2:4":  # 2 of every 4 weights, at once: there is no amount and no schedule
+            for k in ("prune", "prune_ratio"):
+                if values[k] not in (None, 0.5):
+                    raise PruneError(f"{k}={values[k]} does not apply to prune_mode=2:4 (always 50%); accepted: "
+                                     f"leave it out")  # fmt: skip
             if values["prune_steps"] not in (None, 1):
                 raise PruneError("prune_steps must be 1 with prune_mode=2:4; accepted: prune_steps=1 or leave it out")
-            values["prune"], values["prune_steps"] = 0.5, 1 if mode == "train" else None
-        cfg = cls(**values)
-        cfg._check_rules(mode)
+            if values["prune_ratio"] is None:
+                values["prune"] = 0.5
+            values["prune_steps"] = 1 if mode == "train" else None
+            cfg = cls(**values)
         return cfg
 
     def _check_rules(self, mode: str) -> None:
@@ -284,7 +293,8 @@ class PruneConfig:
             raise PruneError(
                 f"prune_latency needs prune_mode=structured (zeros do not run faster); got {self.prune_mode}"
             )
-        if mode == "prune" and self.target is None and self.prune_ratio is None and not self.prune_layers:
+        if mode == "prune" and self.target is None and self.prune_ratio is None and not self.prune_layers \
+                and self.prune_mode != "2:4":  # fmt: skip
             raise PruneError(
                 "prune is required; accepted: prune=<fraction of GFLOPs to remove, 0-1>, prune_ratio=<0-1> or "
                 "prune_latency=<fraction of the latency to remove, 0-1>"
@@ -344,41 +354,6 @@ class PruneConfig:
         return cls(**d)
 
 
-def help_text() -> str:
-    """``yolo-prune help``: usage of every mode, then every plugin key with its default, from :data:`KEYS`."""
-    lines = [
-        "yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...",
-        "",
-        "  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [train keys below] [any 'yolo train' "
-        "key]",
-        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt: shipped models trained "
-        "on data=shapes-500 imgsz=128",
-        "  yolo-prune prune model=yolo11n.yaml prune=0.5 " + _mode_line("prune"),
-        "      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json",
-        "  yolo-prune sensitivity model=trained.pt data=shapes " + _mode_line("sensitivity"),
-        "      prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png",
-        "  yolo-prune export model=pruned.pt format=onnx|openvino|engine [any 'yolo export' key]",
-        "      Ultralytics' exporter, then a parity check of the exported model against PyTorch",
-        "  yolo-prune benchmark model=pruned.pt base=original.pt " + _mode_line("benchmark"),
-        "      base and pruned timed in alternation; latency / GFLOPs / size / mAP table as CSV, JSON and PNG",
-        "  yolo-prune val|predict|track model=pruned.pt ...   same keys as 'yolo'; data=shapes is the built-in data",
-        "  yolo-prune version | help",
-        "",
-        "Keys (train: all; prune: all but prune_steps/start/end/distill; prune_ratio: prune only):",
-    ]
-    for k, key in KEYS.items():
-        default = key.default_text or ("" if key.default is None else str(key.default))
-        lines.append(f"  {k:<18} default {default or '-':<30} {key.help}; accepted: {key.accepts}")
-    lines.append("Every task: model=yolo11n-seg.yaml | -pose | -obb | -cls (YOLOv8 / YOLO11 / YOLO26); data=shapes "
-                 "follows the task")  # fmt: skip
-    return "\n".join(lines)
-
-
-def _mode_line(mode: str) -> str:
-    skip = {"model", "base"} | ({"data"} if mode == "sensitivity" else set())
-    return " ".join(f"[{k}={v}]" for k, v in MODE_KEYS[mode].items() if k not in skip and v is not None)
-
-
 def markdown_reference() -> str:
     """The docs' key reference (docs/reference/keys.md, between its KEYS markers), from :data:`KEYS`."""
     out = ["| key | default | accepted | modes | meaning |", "|---|---|---|---|---|"]
@@ -395,4 +370,4 @@ def markdown_reference() -> str:
 if __name__ == "__main__":
     import sys
 
-    print(markdown_reference() if "--markdown" in sys.argv else help_text())
+    print(markdown_reference())

@@ -55,6 +55,15 @@ def load_model(model: str | Path) -> YOLO:
             f"model: '{model}' not found; accepted: a packaged yaml such as yolo11n.yaml or a local file"
         ) from None
     except Exception as e:  # torch/pickle/yaml raise many types for a corrupt file
+        chain = [e]
+        while chain[-1].__cause__ or chain[-1].__context__:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        gone = next((x.name for x in chain if isinstance(x, ModuleNotFoundError) and "yolo_prune" in str(x.name)), None)
+        if gone:  # yolo-prune 0.1 pickled its blocks as yolo_prune.blocks (0.2: yolo_prune.engine.blocks)
+            raise PruneError(
+                f"model: '{model}' holds classes of an earlier yolo-prune ({gone}, moved in 0.2); accepted: a "
+                f"checkpoint written by this yolo-prune, or load it with the version that wrote it and re-prune"
+            ) from None
         kind = "checkpoint" if suffix == ".pt" else "model yaml"
         raise PruneError(
             f"model: '{model}' is not a readable Ultralytics {kind} ({type(e).__name__}); "

@@ -12,26 +12,76 @@ from typing import Any, Callable
 
 from . import __version__
 from .cfg import (
+    KEYS,
     MODE_KEYS,
     MODEL_KEYS,
     ULTRALYTICS_ALIASES,
+    PruneConfig,
     PruneError,
-    help_text,
     mode_keys,
     optional_int,
+    other_mode,
     suggest,
 )
 
 PASSTHROUGH = ("val", "predict", "track")
+INTERRUPTED = {  # what Ctrl-C leaves, per mode
+    "train": "last.pt holds the last finished epoch and prune step (Ultralytics writes it after each epoch); "
+    "resume=True continues from it",
+    "prune": "nothing was written (pruned.pt and prune_summary.json are each written whole, at the end)",
+    "sensitivity": "nothing was written (sensitivity.csv and sensitivity.png are written at the end)",
+    "benchmark": "no results were written (exports are moved into the run folder only when all were timed)",
+    "export": "the export may be incomplete; run it again",
+}
+
+
+def help_text() -> str:
+    """``yolo-prune help``: usage of every mode, then every plugin key with its default, from the config's ``KEYS``."""
+    lines = [
+        "yolo-prune: channel pruning for Ultralytics YOLO. Usage: yolo-prune MODE key=value ...",
+        "",
+        "  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [train keys below] [any 'yolo train' "
+        "key]",
+        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt: shipped models trained "
+        "on data=shapes-500 imgsz=128",
+        "  yolo-prune prune model=yolo11n.yaml prune=0.5 " + _mode_line("prune"),
+        "      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json",
+        "  yolo-prune sensitivity model=trained.pt data=shapes " + _mode_line("sensitivity"),
+        "      prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png",
+        "  yolo-prune export model=pruned.pt format=onnx|openvino|engine [any 'yolo export' key]",
+        "      Ultralytics' exporter, then a parity check of the exported model against PyTorch",
+        "  yolo-prune benchmark model=pruned.pt base=original.pt " + _mode_line("benchmark"),
+        "      base and pruned timed in alternation; latency / GFLOPs / size / mAP table as CSV, JSON and PNG",
+        "  yolo-prune val|predict|track model=pruned.pt ...   same keys as 'yolo'; data=shapes is the built-in data",
+        "  yolo-prune version | help",
+        "",
+        "Keys (train: all; prune: all but prune_steps/start/end/distill; prune_ratio: prune only):",
+    ]
+    for k, key in KEYS.items():
+        default = key.default_text or ("" if key.default is None else str(key.default))
+        lines.append(f"  {k:<18} default {default or '-':<30} {key.help}; accepted: {key.accepts}")
+    lines.append("Every task: model=yolo11n-seg.yaml | -pose | -obb | -cls (YOLOv8 / YOLO11 / YOLO26); data=shapes "
+                 "follows the task")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _mode_line(mode: str) -> str:
+    skip = {"model", "base"} | ({"data"} if mode == "sensitivity" else set())
+    return " ".join(f"[{k}={v}]" for k, v in MODE_KEYS[mode].items() if k not in skip and v is not None)
 
 
 def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Split ``MODE key=value ...`` into the mode and a dict of typed values (Ultralytics' own parsing)."""
     from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
     mode, overrides = None, {}
     for a in merge_equals_args(args):
-        if "=" in a:
+        flag = isinstance(DEFAULT_CFG_DICT.get(a), bool) or a in ULTRALYTICS_ALIASES
+        if mode is not None and "=" not in a and flag:
+            overrides[a] = True  # a bare boolean key, as 'yolo val ... half' takes it
+        elif "=" in a:
             try:
                 k, v = parse_key_value_pair(a)
             except AssertionError:
@@ -49,7 +99,8 @@ def check_keys(overrides: dict[str, Any], accepted: dict[str, Any], mode: str) -
     for k in overrides:
         if k not in accepted:
             raise PruneError(
-                f"'{k}' is not a valid key for 'yolo-prune {mode}'; {suggest(k, accepted)}accepted: "
+                other_mode(k, accepted)
+                or f"'{k}' is not a valid key for 'yolo-prune {mode}'; {suggest(k, accepted)}accepted: "
                 f"{', '.join(accepted)}"
             )
 
@@ -59,6 +110,7 @@ def _prune(overrides: dict[str, Any]) -> None:
     from .modes.oneshot import prune_file
 
     check_keys(overrides, {**MODE_KEYS["prune"], **dict.fromkeys(mode_keys("prune"))}, "prune")
+    PruneConfig.from_keys({k: v for k, v in overrides.items() if k in KEYS}, "prune")  # first: before model and data
     if overrides.get("model") is None:
         raise PruneError("model is required; accepted: model=<yaml or .pt>, e.g. model=yolo11n.yaml")
     check_data(overrides.get("data"))  # also where the criterion would not read it: a typo is still a typo
@@ -90,7 +142,9 @@ def _train(overrides: dict[str, Any]) -> None:
 
     plugin = {k: overrides.pop(k) for k in mode_keys("train") if k in overrides}
     check_keys(overrides, {**DEFAULT_CFG_DICT, **dict.fromkeys(mode_keys("train"))}, "train")
+    cfg = PruneConfig.from_keys(plugin, "train")  # first: a bad plugin key costs no model load and no data
     resume = overrides.get("resume")
+    cfg.check_run(resume=resume, distill_model=overrides.get("distill_model"))  # the task is checked with the model
     model = overrides.pop("model", None)
     if resume and model is None:  # like 'yolo train resume': the latest run, or resume=path/to/last.pt
         model = resume if isinstance(resume, str) else get_latest_run()
@@ -109,6 +163,10 @@ def _train(overrides: dict[str, Any]) -> None:
             f"distill_model=<path to the teacher> (prune_distill keeps its teacher as weights/teacher.pt)"
         )
     check_teacher(overrides.get("distill_model"))
+    if cfg.prune_sensitivity and not resume:
+        from .engine.allocate import check_table
+
+        check_table(cfg.prune_sensitivity, yolo.model)
     add_pruning(yolo, **plugin)  # the config's own checks; the run's are made before its folder exists
     yolo.train(**overrides)  # PruneDetectionTrainer resolves built-in data names
 
@@ -149,7 +207,10 @@ def _benchmark(overrides: dict[str, Any]) -> None:
     optional_int("threads", args["threads"])
     optional_int("runs", args["runs"])
     check_imgsz("imgsz", args["imgsz"])
-    args["data"] = check_data(args["data"]) if args["data"] else None
+    if args["data"]:
+        from .checkpoint import load_model
+
+        args["data"] = check_data(args["data"], load_model(args["model"]).task)  # shapes follows the task
     benchmark(formats=formats, **args)
 
 
@@ -159,11 +220,13 @@ def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from .inputs import check_data, check_source
 
     check_keys(overrides, {**DEFAULT_CFG_DICT, **ULTRALYTICS_ALIASES}, mode)
-    task = overrides.get("task")
-    if overrides.get("model"):
+    from .datasets import is_builtin
+
+    task, model = overrides.get("task"), str(overrides.get("model") or "")
+    if task is None and is_builtin(overrides.get("data")) and Path(model).suffix in (".pt", ".yaml", ".yml"):
         from .checkpoint import load_model
 
-        task = task or load_model(overrides["model"]).task  # 'shapes' follows the model's task: shapes-seg, ...
+        task = load_model(model).task  # 'shapes' follows the model's task: shapes-seg, ...; exports are Ultralytics'
     if "data" in overrides:
         overrides["data"] = check_data(overrides["data"], task)
     if mode in ("predict", "track") and "source" in overrides:
@@ -210,11 +273,8 @@ def entrypoint(argv: list[str] | None = None) -> int:
         print(f"yolo-prune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "yolo-prune: interrupted: files are written whole or not at all (a run's last.pt is its last finished "
-            "epoch or step; resume=True continues it), nothing half-written was left",
-            file=sys.stderr,
-        )
+        print(f"yolo-prune: interrupted: {INTERRUPTED.get(argv[0] if argv else '', 'stopped by Ctrl-C')}",
+              file=sys.stderr)  # fmt: skip
         return 130
     except Exception as e:
         from .deploy.export import ParityError

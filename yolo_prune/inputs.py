@@ -61,16 +61,21 @@ def check_export_format(fmt: Any) -> str:
     return name
 
 
-def _packaged_dataset(name: str) -> bool:
-    """Whether ``name`` is one of Ultralytics' packaged dataset yamls (coco8.yaml, ...), which it downloads itself."""
-    from ultralytics.cfg import DEFAULT_CFG_PATH
+def _ultralytics_resolves(name: str) -> bool:
+    """Whether Ultralytics finds or downloads ``name`` itself: a URL, a yaml it ships (coco8.yaml), or a bare dataset
+    name (a classification set such as mnist160, or a folder of its datasets directory)."""
+    from ultralytics.utils.checks import check_file
 
-    return (Path(DEFAULT_CFG_PATH).parent / "datasets" / Path(name).name).is_file() and Path(name).name == name
+    if "://" in name:
+        return True
+    if Path(name).name != name:  # an explicit path is the user's, and it does not exist
+        return False
+    return not Path(name).suffix or bool(check_file(name, download=False, hard=False))
 
 
 def check_data(data: Any, task: str | None = None) -> Any:
     """``data=``: a built-in name (returned as its generated yaml or folder), a local dataset yaml or classification
-    folder that Ultralytics' own dataset check accepts, or one of Ultralytics' packaged dataset names.
+    folder that Ultralytics' own dataset check accepts, or a name Ultralytics resolves or downloads itself.
 
     Raises:
         PruneError: A file or folder that does not exist, or one Ultralytics' check refuses (its message, one line).
@@ -83,7 +88,7 @@ def check_data(data: Any, task: str | None = None) -> Any:
         return resolve_data(data, task)
     path = Path(str(data))
     if not path.exists():
-        if _packaged_dataset(str(data)):
+        if _ultralytics_resolves(str(data)):
             return data
         raise PruneError(
             f"data={str(data)!r} is not found; accepted: a dataset yaml, a classification folder, or a built-in "
@@ -97,8 +102,20 @@ def check_data(data: Any, task: str | None = None) -> Any:
         else:
             check_det_dataset(str(path), autodownload=False)
     except Exception as e:  # noqa: BLE001  Ultralytics raises many types for a bad dataset; its message is the line
+        if path.suffix in (".yaml", ".yml") and "download" in (_yaml(path) or {}):
+            return data  # images missing but a download is declared: Ultralytics fetches them, as 'yolo' would
         raise PruneError(f"data={str(data)!r}: {first_line(e)}") from None
     return data
+
+
+def _yaml(path: Path) -> dict | None:
+    import yaml
+
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def check_source(source: Any) -> None:
@@ -147,13 +164,14 @@ def check_resumable(last: Any) -> None:
     """A ``resume=True`` checkpoint must be an unfinished run's ``last.pt``, as Ultralytics itself requires."""
     import torch
 
-    if not last or not Path(str(last)).is_file():
-        raise PruneError(
-            f"resume: no checkpoint to resume ({'no last.pt found under runs/' if not last else str(last)!r}); "
-            f"accepted: resume=True model=path/to/last.pt"
-        )
-    ckpt = torch.load(str(last), map_location="cpu", weights_only=False)
-    epochs = (ckpt.get("train_args") or {}).get("epochs")
+    if not last or Path(str(last)).suffix != ".pt" or not Path(str(last)).is_file():
+        found = "no last.pt found below the current folder" if not last else f"{str(last)!r} is not a .pt file"
+        raise PruneError(f"resume: nothing to resume ({found}); accepted: resume=True model=path/to/last.pt")
+    try:
+        ckpt = torch.load(str(last), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  torch/pickle raise many types for a corrupt file
+        raise PruneError(f"resume: {last} is not a readable checkpoint ({type(e).__name__})") from None
+    epochs = (ckpt.get("train_args") or {}).get("epochs") if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
         raise PruneError(
             f"resume: {last} is a finished run (training to {epochs} epochs is complete), nothing to resume; "

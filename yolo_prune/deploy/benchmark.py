@@ -61,8 +61,10 @@ def _size_mb(path: str | Path) -> float:
 
 
 def describe(weights: str, formats, imgsz: int, data: str | None) -> dict[str, Any]:
-    """One model's row without latency: params, GFLOPs, file sizes, exports (parity-checked), mAP50-95 with ``data``."""
-    info = model_info(load_model(weights).model, imgsz)  # a distillation checkpoint counts its student
+    """One model's row without latency: params, GFLOPs, file sizes, exports (parity-checked), and with ``data`` the
+    export's mAP50-95 (classify: top-1 accuracy, in the same column)."""
+    net = load_model(weights).model
+    info = model_info(net, imgsz)  # a distillation checkpoint counts its student
     row: dict[str, Any] = {
         "model": weights,
         "params": info["params"],
@@ -77,8 +79,9 @@ def describe(weights: str, formats, imgsz: int, data: str | None) -> dict[str, A
         row[f"{fmt}_file_mb"] = _size_mb(res["file"])
         row[f"{fmt}_parity"] = res["max_abs_diff"]
         if data:
-            metrics = YOLO(res["file"], task="detect").val(data=data, imgsz=imgsz, batch=1, plots=False, verbose=False)
-            row[f"{fmt}_map50_95"] = round(float(metrics.box.map), 4)
+            metrics = YOLO(res["file"], task=net.task).val(data=data, imgsz=imgsz, batch=1, plots=False, verbose=False)
+            score = metrics.top1 if net.task == "classify" else metrics.box.map
+            row[f"{fmt}_map50_95"] = round(float(score), 4)
     return row
 
 

@@ -1,6 +1,7 @@
 """Allocation: how many channels each coupled group loses, for a ratio or a target on a cost model.
 
-Every allocator here takes the :class:`~yolo_prune.engine.pruner.ChannelPruner` (``pruner``) and returns ``removed`` (channels removed per group, in the pruner's group order) and reads only the
+Every allocator here takes the :class:`~yolo_prune.engine.pruner.ChannelPruner` (``pruner``), returns ``removed``
+(channels removed per group, in the pruner's group order) and reads only the
 pruner's bookkeeping: ``groups`` (with their importance scores, for global ranking), ``round_to``, the fixed
 ``layer_ratios`` (``fixed``), the split-half ``pairs`` and ``lock``. Which channels go inside a group is the pruner's
 business (:meth:`~yolo_prune.engine.pruner.ChannelPruner.plan_removed`); what a candidate costs is the cost model's
@@ -15,6 +16,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch.nn as nn
 from ultralytics.utils import LOGGER
 
 from ..cfg import PruneError
@@ -144,13 +146,31 @@ def check_table(path: str | Path, model) -> None:
         params = int(float(base["params"]))
     except (OSError, KeyError, ValueError, StopIteration) as e:
         raise PruneError(f"prune_sensitivity={str(path)!r} is not a sensitivity.csv ({type(e).__name__})") from None
-    own = sum(p.numel() for p in model.parameters())
     layers = sorted(read_table(path))
-    if params != own or (layers and layers[-1] >= len(model.model)):
+    if base.get("body"):  # the widths of every layer but the class outputs: the same model on any class count
+        same, what = base["body"] == body_signature(model), "layer widths"
+    else:  # a table written before it recorded widths
+        own = sum(p.numel() for p in model.parameters())
+        same, what = params == own, f"{params:,} parameters, this one has {own:,}"
+    if not same or (layers and layers[-1] >= len(model.model)):
         raise PruneError(
-            f"prune_sensitivity={str(path)!r} was made on a model with {params:,} parameters, this one has {own:,}; "
-            f"accepted: a table made by 'yolo-prune sensitivity' on this model"
+            f"prune_sensitivity={str(path)!r} was made on a model with other {what}; accepted: a table made by "
+            f"'yolo-prune sensitivity' on this model"
         )
+
+
+def body_signature(model) -> str:
+    """A short hash of the output channels per layer of the backbone and neck (every layer but the head, whose class
+    branch widths follow the class count), with a split block's two halves counted as the one conv they fold to."""
+    import hashlib
+
+    head = str(len(model.model) - 1)
+    widths: dict[str, int] = {}
+    for name, m in model.named_modules():
+        layer = name.split(".")[1] if name.startswith("model.") else head
+        if isinstance(m, nn.Conv2d) and layer != head:
+            widths[layer] = widths.get(layer, 0) + m.out_channels
+    return hashlib.sha1(str(sorted(widths.items())).encode()).hexdigest()[:12]
 
 
 def removed_for_target(

@@ -43,6 +43,14 @@ def register(name: str, factory: Callable[[], tp.importance.Importance], gradien
         GRADIENT_METHODS[name] = gradients
 
 
+def unregister(name: str) -> None:
+    """Forget a criterion :func:`register` added (``prune_method=name`` is refused again)."""
+    IMPORTANCES.pop(name, None)
+    GRADIENT_METHODS.pop(name, None)
+    if name in METHODS:
+        METHODS.remove(name)
+
+
 def get_importance(name: str) -> tp.importance.Importance:
     """Return a fresh criterion for ``prune_method=name``."""
     if name not in IMPORTANCES:

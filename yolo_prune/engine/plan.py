@@ -1,7 +1,7 @@
 """The plan and applying it: which channels go (plain data) and their removal from any matching model.
 
-A :class:`PrunePlan` is decided once (by :class:`~yolo_prune.engine.pruner.ChannelPruner`) and applied everywhere: the live
-model, its EMA copy, the model on another DDP rank. It names root layers and channel indices only, so it can be
+A :class:`PrunePlan` is decided once (by :class:`~yolo_prune.engine.pruner.ChannelPruner`) and applied everywhere: the
+live model, its EMA copy, the model on another DDP rank. It names root layers and channel indices only, so it can be
 broadcast and re-applied to a freshly traced, structurally identical model.
 """
 

@@ -120,7 +120,7 @@ class ChannelPruner:
         return self.flops_cost.estimate(removed)
 
     def _removed(self, ratio: float) -> list[int]:
-        """Channels to remove per group at one per-layer ``ratio`` (see :func:`~yolo_prune.allocate.removed_uniform`)."""
+        """Channels to remove per group at one per-layer ``ratio`` (:func:`.allocate.removed_uniform`)."""
         return allocate.removed_uniform(self, ratio)
 
     def plan(self, ratio: float | None = None, flops_fraction: float | None = None) -> PrunePlan:
@@ -147,13 +147,13 @@ class ChannelPruner:
     def removed_for_flops(self, flops_fraction: float) -> list[int]:
         """Channels to remove per group so the estimated GFLOPs fraction lands closest to ``flops_fraction``.
 
-        See :func:`~yolo_prune.allocate.removed_for_cost`, here on the FLOPs cost model.
+        See :func:`~yolo_prune.engine.allocate.removed_for_cost`, here on the FLOPs cost model.
         """
         return allocate.removed_for_cost(self, self.flops_cost, flops_fraction)
 
     def removed_global(self, ratio: float | None = None, flops_fraction: float | None = None) -> list[int]:
         """Channels to remove per group, ranked across all groups (``prune_global``), to ``ratio`` of all channels or
-        the GFLOPs fraction ``flops_fraction`` (see :func:`~yolo_prune.allocate.removed_global`)."""
+        the GFLOPs fraction ``flops_fraction`` (see :func:`~yolo_prune.engine.allocate.removed_global`)."""
         return allocate.removed_global(self, self.flops_cost, ratio, flops_fraction)
 
 

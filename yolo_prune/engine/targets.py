@@ -14,7 +14,7 @@ import torch.nn as nn
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
-from ..cfg import KEYS, PruneConfig, PruneError
+from ..cfg import KEYS, TARGETS, PruneConfig, PruneError
 from .allocate import removed_for_latency, removed_for_target
 from .costs import LatencyCost
 from .graph import check_supported, prepare_model
@@ -99,6 +99,18 @@ def _reaimed(model: nn.Module, pruner: ChannelPruner, target: float, imgsz: int)
     return plan
 
 
+def _config(**keys) -> PruneConfig:
+    """The keys ``prune_model`` got, validated by the one rule set (the CLI's), and only those it acts on."""
+    cfg = PruneConfig.from_keys({k: v for k, v in keys.items() if v is not None}, mode="prune")
+    other = [k for k in keys if k not in cfg.engine_options and k not in TARGETS + ("prune_method", "prune_round")]
+    if other:
+        raise PruneError(
+            f"{other[0]} does not apply to prune_model (structured, one-shot); accepted: "
+            f"{', '.join(cfg.engine_options)} (yolo-prune prune takes the others)"
+        )
+    return cfg
+
+
 def _accumulate(model: nn.Module, batches, method: str) -> None:
     """Gradients of ``batches`` for a gradient criterion, leaving the model's args and loss as they were
     (checkpoints pickle them)."""
@@ -162,10 +174,10 @@ def prune_model(
     Raises:
         PruneError: Keys the config refuses, an unsupported model, or an unreachable latency target.
     """
-    keys = {"prune": prune, "prune_ratio": prune_ratio, "prune_latency": prune_latency, "prune_method": prune_method,
-            "prune_round": prune_round, **options}  # fmt: skip
-    PruneConfig.from_keys({k: v for k, v in keys.items() if v is not None}, mode="prune")  # the one set of rules
-    method, ratio, latency = prune_method, prune_ratio, prune_latency
+    cfg = _config(prune=prune, prune_ratio=prune_ratio, prune_latency=prune_latency, prune_method=prune_method,
+                  prune_round=prune_round, **options)  # fmt: skip
+    method, ratio, latency, prune_round = cfg.prune_method, cfg.prune_ratio, cfg.prune_latency, cfg.prune_round
+    prune, options = cfg.prune, cfg.engine_options
     model = unwrap_model(
         getattr(model, "model", model) if not isinstance(model, (DetectionModel, ClassificationModel)) else model
     )
@@ -193,7 +205,7 @@ MEASURE_TOLERANCE = 0.02  # measured latency ratio within 2 points of the target
 
 def plan_for_latency(
     model: nn.Module,
-    fraction: float,
+    prune_latency: float,
     rt: Runtime,
     prune_method: str = "l2",
     prune_round: int = ROUND,
@@ -204,19 +216,21 @@ def plan_for_latency(
     measure: bool = True,
     **options,
 ) -> tuple[PrunePlan, dict]:
-    """Plan a prune of ``model`` (prepared) that removes ``fraction`` of its latency on ``rt``; returns (plan, info).
+    """Plan a prune of ``model`` (prepared) that removes ``prune_latency`` of its latency on ``rt``; (plan, info).
 
     Channels go by importance lost per predicted millisecond saved (:func:`removed_for_latency`) until the predicted
-    latency reaches ``keep_ms`` (default: ``1 - fraction`` of the model's own). With ``measure`` the pruned model is
-    exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed up to twice
-    until the measured ratio is within 2 points of the target; ``info`` carries predicted and measured milliseconds.
-    PruneError if the target cannot be reached, with the best reachable fraction.
+    latency reaches ``keep_ms`` (default: ``1 - prune_latency`` of the model's own). With ``measure`` the pruned
+    model is exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed up to
+    twice until the measured ratio is within 2 points of the target; ``info`` has predicted and measured ms.
+
+    Raises:
+        PruneError: The target cannot be reached, with the best reachable fraction.
     """
     pruner = ChannelPruner(model, prune_method, prune_round, ignored_layers, **options)
     max_ratio = pruner.max_ratio
     table = table or build_table(model, rt, prune_round)
     cost = LatencyCost(pruner, table)
-    target = keep_ms if keep_ms is not None else (1 - fraction) * cost.base
+    target = keep_ms if keep_ms is not None else (1 - prune_latency) * cost.base
 
     def solve(aim: float):
         removed = removed_for_latency(pruner, cost, aim, max_ratio)
@@ -226,9 +240,9 @@ def plan_for_latency(
     if pred > target + 0.01 * cost.base:
         reach = 1 - pred / (base_ms or cost.base)  # of the run's starting latency (training) or the model's
         raise PruneError(
-            f"prune_latency={fraction:g} cannot be reached on {rt.name} at imgsz {rt.imgsz}: the model's convs can "
-            f"give at most {max(reach, 0):.2f} of its latency (prune_round={prune_round}, prune_max_ratio={max_ratio}); "
-            f"accepted: prune_latency <= {max(reach, 0):.2f}"
+            f"prune_latency={prune_latency:g} cannot be reached on {rt.name} at imgsz {rt.imgsz}: the model's convs "
+            f"can give at most {max(reach, 0):.2f} of its latency (prune_round={prune_round}, prune_max_ratio="
+            f"{max_ratio}); accepted: prune_latency <= {max(reach, 0):.2f}"
         )
     plan = pruner.plan_removed(removed)
     info = {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,

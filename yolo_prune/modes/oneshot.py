@@ -15,7 +15,7 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
 from .. import __version__
-from ..cfg import MODE_KEYS, PruneConfig, PruneError, imgsz_value
+from ..cfg import KEYS, MODE_KEYS, PruneConfig, PruneError, imgsz_value
 from ..checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from ..datasets import calibration_batches, resolve_data
 from ..engine.allocate import check_table
@@ -121,10 +121,14 @@ def check_reached(cfg: PruneConfig, before: float, after: float) -> None:
     """
     reached = 1 - after / before
     if abs(reached - cfg.prune) > REFUSE_MISS:
-        why = "prune_ignore / prune_layers / prune_round leave" if reached < cfg.prune else "prune_round rounds to"
+        given = [k for k in ("prune_ignore", "prune_layers") if getattr(cfg, k)]
+        given += ["prune_max_ratio"] if cfg.prune_global and cfg.prune_max_ratio != KEYS["prune_max_ratio"].default else []
+        given += [f"prune_round={cfg.prune_round}"] if cfg.prune_round != KEYS["prune_round"].default else []
+        why = " / ".join(given) or f"the output layers and prune_round={cfg.prune_round}'s minimum widths"
         raise PruneError(
-            f"prune={cfg.prune:g} cannot be reached: the plan removes {reached:.1%} of the GFLOPs ({why} that much); "
-            f"accepted: prune <= {max(reached, 0):.2f}, or fewer prune_ignore layers / a smaller prune_round"
+            f"prune={cfg.prune:g} cannot be reached on this model: the plan removes {reached:.1%} of the GFLOPs "
+            f"({why} leave no more); accepted: prune <= {max(reached, 0):.2f}"
+            + (f", or change {' / '.join(k.split('=')[0] for k in given)}" if given else "")
         )
 
 

@@ -23,13 +23,13 @@ from ultralytics.utils.files import increment_path
 from ..cfg import KEYS, MODE_KEYS, PruneError, imgsz_value
 from ..checkpoint import atomic_write_bytes, load_model
 from ..datasets import resolve_data
-from ..engine.allocate import layer_plan
+from ..engine.allocate import body_signature, layer_plan
 from ..engine.graph import check_supported, prepare_model
 from ..engine.plan import apply_plan
 from ..engine.pruner import ChannelPruner, model_info
 
 D = MODE_KEYS["sensitivity"]  # the mode's defaults, as the CLI and the key reference give them
-COLUMNS = ("layer", "ratio", "channels_removed", "params", "gflops", "map50", "map50_95", "drop")
+COLUMNS = ("layer", "ratio", "channels_removed", "params", "gflops", "map50", "map50_95", "drop", "body")
 
 
 def check_ratios(ratios: Any) -> list[float]:
@@ -101,9 +101,8 @@ def sensitivity(
     val = Validator(data, imgsz, batch, device)
     info = model_info(model, imgsz)
     map50, base = val(model)
-    rows = [
-        {"layer": "none", "ratio": 0.0, "channels_removed": 0, **info, "map50": map50, "map50_95": base, "drop": 0.0}
-    ]
+    rows = [{"layer": "none", "ratio": 0.0, "channels_removed": 0, **info, "map50": map50, "map50_95": base,
+             "drop": 0.0, "body": body_signature(model)}]  # fmt: skip
     for layer, ratio in TQDM([(u, r) for u in units for r in ratios], desc="yolo-prune sensitivity"):
         removed = layer_plan(pruner, layer, ratio)
         if not any(removed):  # too few channels to remove one rounding unit at this ratio

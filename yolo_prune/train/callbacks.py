@@ -47,8 +47,8 @@ class PruneCallbacks:
         self._told_no_columns = False
 
     def on_pretrain_routine_start(self, trainer) -> None:
-        """A stock trainer's run is checked here (a :class:`PruneTrainerMixin` one before its run folder exists)."""
-        if not isinstance(trainer, PruneTrainerMixin):
+        """The run is checked here unless its :class:`PruneTrainerMixin` did it before the run folder existed."""
+        if not getattr(trainer, "prune_checked", False):
             check_new_run(self.cfg, trainer.args)
             if self.cfg.prune_distill:
                 distill.compile_off(trainer.args)

@@ -1,6 +1,7 @@
 """Optimizer step hooks a schedule keeps on whatever optimizer the trainer has now (a prune step rebuilds it).
 
-``prune_sparsity``: proximal L1 on BatchNorm scales while steps remain (:class:`~yolo_prune.engine.sparsity.BNSparsity`).
+``prune_sparsity``: proximal L1 on BatchNorm scales while steps remain
+(:class:`~yolo_prune.engine.sparsity.BNSparsity`).
 ``prune_mode=unstructured|2:4``: the zeroed weights are re-zeroed after every step
 (:class:`~yolo_prune.engine.unstructured.MaskKeeper`), for the whole run.
 """

@@ -18,7 +18,7 @@ from ..engine.graph import check_supported
 from ..engine.pruner import model_info
 from .latency_run import LatencyRun
 from .schedule import check_patience, new_schedule
-from .state import config_of, make_state, read_state, remaining, zeroes_weights
+from .state import config_of, is_current, make_state, read_state, remaining, zeroes_weights
 from .step import FLOPS_IMGSZ
 
 
@@ -70,9 +70,15 @@ def start(cfg: PruneConfig, trainer, latency: LatencyRun) -> tuple[dict | None, 
     raw = getattr(model, "prune_state", None)
     if trainer.resume and raw:
         return resumed(cfg, raw), False
+    if raw and not is_current(raw):
+        LOGGER.warning(
+            f"yolo-prune: the model's prune_state is version {raw.get('version') if isinstance(raw, dict) else '?'}, "
+            f"of an earlier yolo-prune: it trains as it is, without it (a sparse model's zeros are not kept)"
+        )
+        raw = None
     if cfg.target is not None:
         return new(cfg, trainer, model, latency), False
-    if isinstance(raw, dict) and raw.get("cfg") and zeroes_weights(raw):
+    if raw and zeroes_weights(raw):
         return sparse(raw), True
     return None, False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import __version__
 from ..cfg import PruneConfig, PruneError
 
 STATE_VERSION = 2  # 2: the settings under "cfg" with the keys' names (1 had short names of its own)
@@ -49,8 +50,9 @@ def read_state(state: Any) -> dict | None:
     version = state.get("version") if isinstance(state, dict) else None
     if version != STATE_VERSION:
         raise PruneError(
-            f"model: its prune_state is version {version}, this yolo-prune reads version {STATE_VERSION}; accepted: "
-            f"a checkpoint written by this yolo-prune version, or train it without resume"
+            f"model: its prune_state is version {version} (yolo-prune {'0.1' if version in (None, 1) else 'other'}), "
+            f"this yolo-prune {__version__} reads version {STATE_VERSION}; accepted: finish the run with the "
+            f"yolo-prune that wrote it, or start a new one from its best.pt (no resume)"
         )
     missing = [k for k in REQUIRED if k not in state]
     if missing:
@@ -64,6 +66,11 @@ def read_state(state: Any) -> dict | None:
 def config_of(state: dict) -> PruneConfig:
     """The config a state was made with."""
     return PruneConfig.from_dict(state["cfg"])
+
+
+def is_current(state) -> bool:
+    """Whether ``state`` is a ``prune_state`` this version reads (not one of an earlier yolo-prune)."""
+    return isinstance(state, dict) and state.get("version") == STATE_VERSION
 
 
 def zeroes_weights(state: dict) -> bool:

@@ -39,13 +39,18 @@ def prune_config(callbacks: dict | None) -> PruneConfig | None:
     return next((o.cfg for o in owners if isinstance(getattr(o, "cfg", None), PruneConfig)), None)
 
 
-def check_new_run(cfg: PruneConfig, args) -> None:
+def check_new_run(cfg: PruneConfig, args, task: str | None = None) -> None:
     """The checks a run's plugin settings need against its Ultralytics args, before anything is written.
+
+    Args:
+        cfg: The plugin's config.
+        args: The run's Ultralytics args.
+        task: The trainer's own task where its class fixes it (``args.task`` otherwise).
 
     Raises:
         PruneError: A distillation setting the run cannot honour, or a schedule that does not fit the run.
     """
-    cfg.check_run(resume=args.resume, distill_model=args.distill_model, task=args.task)
+    cfg.check_run(resume=args.resume, distill_model=args.distill_model, task=task or args.task)
     if cfg.target is not None and not args.resume:
         new_schedule(cfg, args.epochs, args.patience, args.val)
 
@@ -79,6 +84,8 @@ def shapes_differ(model: nn.Module) -> bool:
 class PruneTrainerMixin:
     """What every task's pruning trainer adds: built-in data names resolved for its task, pruned models kept as is."""
 
+    task_of_class: str | None = None  # the task a trainer class fixes (Ultralytics' ClassificationTrainer sets it late)
+
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
         """The stock trainer, after the run's plugin settings are checked, with ``compile`` off for ``prune_distill``.
 
@@ -88,8 +95,9 @@ class PruneTrainerMixin:
         """
         plugin = prune_config(_callbacks)
         if plugin is not None:
-            check_new_run(plugin, get_cfg(cfg, overrides))
+            check_new_run(plugin, get_cfg(cfg, overrides), self.task_of_class)
         super().__init__(cfg, overrides, _callbacks)
+        self.prune_checked = plugin is not None  # callbacks added after construction are checked at their start
         if plugin is not None and plugin.prune_distill:
             compile_off(self.args)
 
@@ -162,6 +170,8 @@ class PruneOBBTrainer(PruneTrainerMixin, OBBTrainer):
 
 class PruneClassificationTrainer(PruneTrainerMixin, ClassificationTrainer):
     """ClassificationTrainer with yolo-prune's model and data handling (see :class:`PruneTrainerMixin`)."""
+
+    task_of_class = "classify"
 
 
 TRAINERS = {
