@@ -12,6 +12,14 @@ os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("YOLO_PRUNE_CACHE", str(Path(__file__).parent / ".cache"))  # keeps test data out of ~/.cache
 
 
+def needs(feature: str):
+    """Skip where the installed Ultralytics release lacks ``feature`` (yolo_prune.support; benchmarks/compat.py runs the
+    suite on such releases): the gating line itself is tested in test_support.py."""
+    from yolo_prune.support import FEATURES, has
+
+    return pytest.mark.skipif(not has(feature), reason=f"{feature} needs ultralytics>={FEATURES[feature]}")
+
+
 def run_cli(*args: str, cwd: Path | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
     """Run ``yolo-prune MODE key=value ...`` as a user would, and what it printed.
 

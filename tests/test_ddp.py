@@ -5,6 +5,8 @@ import os
 import socket
 
 import pytest
+
+from conftest import needs
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -131,6 +133,7 @@ def _distill_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@needs("distillation")
 def test_prune_distill_under_ddp(tmp_path):
     """prune_distill in a 2-rank group: the wrapper replaces the student inside DDP, a broadcast plan narrows student,
     projectors and EMA alike on both ranks, and one DDP backward all-reduces student and projector gradients."""

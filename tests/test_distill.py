@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import needs, run_cli
 from ultralytics import YOLO
 
 from yolo_prune import add_pruning
@@ -18,6 +18,8 @@ from yolo_prune.engine.pruner import model_info
 from yolo_prune.engine.targets import prune_model
 
 TRAIN = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "exist_ok": True}
+
+pytestmark = needs("distillation")  # every test here trains with Ultralytics' DistillationModel
 
 
 def _rows(run: Path) -> list[dict]:

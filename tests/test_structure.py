@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 PKG = ROOT / "yolo_prune"
 # lower layers first; a module may import its own layer and the ones before it
-FOUNDATION = ("cfg", "checkpoint", "datasets", "inputs", "assets")
+FOUNDATION = ("cfg", "checkpoint", "datasets", "inputs", "support", "assets")
 LAYERS = [FOUNDATION, ("engine",), ("train",), ("deploy",), ("modes",), ("cli",)]
 
 

@@ -18,9 +18,12 @@ from .cfg import SUPPORTED_MODELS, PruneError
 
 def is_distilling(model: nn.Module) -> bool:
     """Whether ``model`` (DDP-wrapped or not) is Ultralytics' distillation wrapper (``DistillationModel``)."""
-    from ultralytics.nn.distill_model import DistillationModel
     from ultralytics.utils.torch_utils import unwrap_model
 
+    try:
+        from ultralytics.nn.distill_model import DistillationModel
+    except ImportError:  # Ultralytics < 8.4.77: no distillation, so no model is a wrapper
+        return False
     return isinstance(unwrap_model(model), DistillationModel)
 
 

@@ -20,6 +20,7 @@ from ultralytics.utils import LOGGER
 from ..cfg import PruneError
 from ..checkpoint import load_model
 from ..datasets import make_image, resolve_data
+from ..support import has, require
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
 # (fp16's worst measured 0.0025 on test models). Static INT8 moves single anchors by up to ~0.6 even when the export is
@@ -37,9 +38,10 @@ class ParityError(RuntimeError):
 
 def canonical_quantize(kwargs: dict[str, Any]) -> int | str:
     """The precision an export asks for, in Ultralytics' own spellings: ``quantize=`` 8/16/32, ``'int8'``, ``'fp16'``,
-    ``'w8a8'``... (``QUANTIZE_ALIASES``) or the deprecated ``half=True`` / ``int8=True``; 32 when unset."""
-    from ultralytics.cfg import QUANTIZE_ALIASES, QUANTIZE_VALID_VALUES
+    ``'w8a8'``... (``QUANTIZE_ALIASES``) or the deprecated ``half=True`` / ``int8=True``; 32 when unset.
 
+    Ultralytics before 8.4.80 has no ``quantize`` (:mod:`yolo_prune.support`): there ``half`` / ``int8`` are its keys.
+    """
     on = lambda v: v is not None and str(v).strip().lower() not in {"none", "false", "0"}  # noqa: E731  (as Ultralytics)
     q = (
         kwargs["quantize"]
@@ -52,6 +54,11 @@ def canonical_quantize(kwargs: dict[str, Any]) -> int | str:
     )
     if q is None:
         return 32
+    if "quantize" not in kwargs and not has("quantize"):
+        return q  # half=True / int8=True, this release's own keys
+    require("quantize", f"quantize={q}")
+    from ultralytics.cfg import QUANTIZE_ALIASES, QUANTIZE_VALID_VALUES
+
     scheme = QUANTIZE_ALIASES.get(str(q).lower())
     if scheme is None:
         raise PruneError(f"quantize={q!r} is invalid; accepted: {QUANTIZE_VALID_VALUES}")
@@ -246,6 +253,8 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     quantize = canonical_quantize(kwargs)
     format = str(format).lower()  # the exporter's own spelling rule
     yolo = load_model(weights)  # a distillation checkpoint exports its student
+    if getattr(yolo.model.model[-1], "one2one_cv2", None) is not None:  # parity follows today's YOLO26 export rule
+        require("yolo26 export", "exporting a YOLO26 model")
     task = yolo.task
     if quantize == 8:
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)

@@ -30,6 +30,7 @@ from ultralytics.utils import LOGGER, TQDM
 
 from ..checkpoint import atomic_write_bytes
 from ..datasets import cache_dir
+from ..support import require
 from .blocks import C2fSplit, C2PSASplit
 from .runtime import Runtime, call_overhead_ms, measure_models, time_conv
 
@@ -232,7 +233,13 @@ class LatencyTable:
 
 
 def build_table(model: nn.Module, rt: Runtime, round_to: int) -> LatencyTable:
-    """The latency table of ``model`` (prepared) on ``rt``, from the cache or timed now."""
+    """The latency table of ``model`` (prepared) on ``rt``, from the cache or timed now.
+
+    Raises:
+        PruneError: A YOLO26 model on an Ultralytics release whose export keeps another head than it is timed with.
+    """
+    if any(getattr(m, "one2one_cv2", None) is not None for m in model.modules()):
+        require("yolo26 export", "prune_latency on a YOLO26 model")
     table = LatencyTable(conv_units(model, rt.imgsz), rt, round_to)
     return table.build(lambda: measure_models({"model": model}, rt)["model"])
 

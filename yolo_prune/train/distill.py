@@ -21,9 +21,13 @@ import copy
 import torch
 import torch.nn as nn
 from ultralytics.cfg import DEFAULT_CFG
-from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+try:  # Ultralytics >= 8.4.77 (yolo_prune.support gates every way into distillation on earlier releases)
+    from ultralytics.nn.distill_model import DistillationModel
+except ImportError:
+    DistillationModel = type("DistillationModel", (nn.Module,), {})  # no model is one: isinstance checks say so
 
 from ..cfg import PruneError
 from ..checkpoint import is_distilling, save_checkpoint, student_of
@@ -97,7 +101,9 @@ def check_projectors(wrapper: DistillationModel, imgsz: int = 64) -> None:
             wrapper._student_feats.clear()
             student(torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype))
             for i, proj in enumerate(wrapper.projector):
-                proj(wrapper.decouple_outputs(wrapper._student_feats[i]))
+                # features are stored by level i since Ultralytics 8.4.164 (teacher_feats_idx), by layer index before
+                key = i if hasattr(wrapper, "teacher_feats_idx") else wrapper.feats_idx[i]
+                proj(wrapper.decouple_outputs(wrapper._student_feats[key]))
     finally:
         wrapper._student_feats.clear()
         student.train(was)

@@ -49,10 +49,11 @@ def read_state(state: Any) -> dict | None:
         return None
     version = state.get("version") if isinstance(state, dict) else None
     if version != STATE_VERSION:
+        who = "yolo-prune 0.1" if version in (None, 1) else "a later yolo-prune" if isinstance(version, int) else "?"
         raise PruneError(
-            f"model: its prune_state is version {version} (yolo-prune {'0.1' if version in (None, 1) else 'other'}), "
-            f"this yolo-prune {__version__} reads version {STATE_VERSION}; accepted: finish the run with the "
-            f"yolo-prune that wrote it, or start a new one from its best.pt (no resume)"
+            f"model: its prune_state is version {version} ({who}), this yolo-prune {__version__} reads version "
+            f"{STATE_VERSION}; accepted: finish the run with the yolo-prune that wrote it, or start a new one from "
+            f"its best.pt (no resume)"
         )
     missing = [k for k in REQUIRED if k not in state]
     if missing:

@@ -154,8 +154,9 @@ def check_internals(trainer) -> None:
     if not callable(getattr(trainer, "_setup_scheduler", None)) or not hasattr(trainer.scheduler, "last_epoch"):
         problems.append("BaseTrainer._setup_scheduler / scheduler.last_epoch")
     ema = trainer.ema
-    if ema is not None and not all(hasattr(ema, a) for a in ("ema", "updates", "decay", "enabled", "_pairs")):
-        problems.append("ModelEMA fields (ema, updates, decay, enabled, _pairs tensor cache)")
+    # (8.4.154+ also caches tensor pairs in ModelEMA._pairs: renew_ema builds a new ModelEMA, so no cache survives)
+    if ema is not None and not all(hasattr(ema, a) for a in ("ema", "updates", "decay", "enabled")):
+        problems.append("ModelEMA fields (ema, updates, decay, enabled)")
     if not all(hasattr(trainer.stopper, a) for a in ("best_fitness", "best_epoch", "possible_stop", "patience")):
         problems.append("EarlyStopping fields (best_fitness, best_epoch, possible_stop, patience)")
     if not all(hasattr(trainer, a) for a in ("last", "wdir", "best_fitness", "save_model")):

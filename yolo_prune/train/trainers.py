@@ -26,6 +26,7 @@ from ..checkpoint import is_distilling, student_of
 from ..datasets import resolve_data
 from ..engine.blocks import needs_yolo_prune
 from ..engine.heads import class_count, set_class_count
+from ..support import check_keys as check_features
 from .distill import compile_off
 from .schedule import new_schedule
 
@@ -50,7 +51,9 @@ def check_new_run(cfg: PruneConfig, args, task: str | None = None) -> None:
     Raises:
         PruneError: A distillation setting the run cannot honour, or a schedule that does not fit the run.
     """
-    cfg.check_run(resume=args.resume, distill_model=args.distill_model, task=task or args.task)
+    distill_model = getattr(args, "distill_model", None)  # default.yaml has it from Ultralytics 8.4.77
+    check_features({"prune_distill": cfg.prune_distill, "distill_model": distill_model})
+    cfg.check_run(resume=args.resume, distill_model=distill_model, task=task or args.task)
     if cfg.target is not None and not args.resume:
         new_schedule(cfg, args.epochs, args.patience, args.val)
 

@@ -1,0 +1,85 @@
+"""Features gated on the Ultralytics release: an older one is simulated (its version, and the keys its default.yaml
+lacks), and asking for a feature it does not have stops the run at its start, in one line, with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from ultralytics import YOLO
+
+from conftest import run_cli
+from yolo_prune import add_pruning
+from yolo_prune.cfg import PruneError
+from yolo_prune.checkpoint import save_checkpoint
+from yolo_prune.support import FEATURES, has, release
+
+
+@pytest.fixture()
+def older(monkeypatch):
+    """Pretend the installed Ultralytics is ``v``; before 8.4.77 its default.yaml has no distillation keys."""
+
+    def set_version(v: str) -> None:
+        monkeypatch.setattr("yolo_prune.support.installed", lambda: release(v))
+        monkeypatch.setattr("yolo_prune.support.version", lambda name: v)
+        if release(v) < release(FEATURES["distillation"]):
+            from ultralytics.cfg import DEFAULT_CFG_DICT
+
+            for k in ("distill_model", "dis"):
+                monkeypatch.delitem(DEFAULT_CFG_DICT, k)
+
+    return set_version
+
+
+def one_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("yolo-prune: error: "), r.stderr[-2000:]
+    return lines[0]
+
+
+def test_the_installed_release_has_every_feature():
+    assert all(has(f) for f in FEATURES)
+    assert release("8.4.190") > release("8.4.77") > release("8.4.8") and release("8.4.190+cpu") == (8, 4, 190)
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["prune=0.3", "prune_distill=True"], "prune_distill=True needs ultralytics>=8.4.77 (distillation arrived there)"),
+        (["distill_model=teacher.pt"], "distill_model=teacher.pt needs ultralytics>=8.4.77"),
+        (["dis=1.0", "prune=0.3"], "dis=1.0 needs ultralytics>=8.4.77"),
+    ],
+)
+def test_distillation_needs_its_release(tmp_path, older, argv, line):
+    older("8.4.60")
+    r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2", *argv, f"project={tmp_path}", cwd=tmp_path)
+    got = one_line(r)
+    assert line in got and "8.4.60 is installed" in got and "accepted: pip install 'ultralytics>=8.4.77'" in got
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_distill_in_python_stops_before_the_run_folder(tmp_path, older):
+    older("8.4.60")
+    model = add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_distill=True)
+    with pytest.raises(PruneError, match=r"prune_distill=True needs ultralytics>=8\.4\.77"):
+        model.train(data="shapes-8", epochs=2, imgsz=64, project=str(tmp_path), name="t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_quantize_needs_its_release_and_half_still_exports(tmp_path, older):
+    older("8.4.79")
+    pt = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "m.pt", {"task": "detect", "imgsz": 64})
+    got = one_line(run_cli("export", f"model={pt}", "format=onnx", "quantize=16", cwd=tmp_path))
+    assert "quantize=16 needs ultralytics>=8.4.80" in got
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    from yolo_prune.deploy.export import canonical_quantize
+
+    assert canonical_quantize({"half": True}) == 16 and canonical_quantize({"int8": True}) == 8  # that release's keys
+
+
+def test_yolo26_export_and_latency_need_their_release(tmp_path, older):
+    older("8.4.141")
+    pt = save_checkpoint(YOLO("yolo26n.yaml").model, tmp_path / "m26.pt", {"task": "detect", "imgsz": 64})
+    got = one_line(run_cli("export", f"model={pt}", "format=onnx", cwd=tmp_path))
+    assert "exporting a YOLO26 model needs ultralytics>=8.4.142" in got
+    got = one_line(run_cli("prune", f"model={pt}", "prune_latency=0.3", "imgsz=64", f"project={tmp_path}/p"))
+    assert "prune_latency on a YOLO26 model needs ultralytics>=8.4.142" in got
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m26.pt"]
