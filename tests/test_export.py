@@ -8,7 +8,7 @@ import pytest
 import torch
 from ultralytics import YOLO
 
-from conftest import run_cli
+from conftest import needs, run_cli
 from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.datasets import builtin_dataset
 from yolo_prune.engine.targets import prune_model
@@ -68,9 +68,9 @@ def test_onnx_graph_of_pruned_model_has_stock_ops(tmp_path):
         assert ops[0] == ops[1] and ops[1]["Conv"] > 50 and ops[1]["Split"] > 0, cfg
 
 
-@pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
+@pytest.mark.parametrize("cfg", ["yolo11n.yaml", pytest.param("yolo26n.yaml", marks=needs("yolo26 export"))])
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-@pytest.mark.parametrize("quantize", [None, 16, 8])
+@pytest.mark.parametrize("quantize", [None, *(pytest.param(q, marks=needs("quantize")) for q in (16, 8))])
 def test_export_parity_every_precision(tmp_path, cfg, fmt, quantize):
     data = builtin_dataset("shapes-64")  # INT8 calibration on 16 images; the 2 of the tiny set are too few
     res = export(pruned_pt(tmp_path, cfg), format=fmt, imgsz=128, quantize=quantize, data=data)
@@ -88,6 +88,7 @@ def test_export_parity_every_precision(tmp_path, cfg, fmt, quantize):
         assert "FakeQuantize" in ops or "FakeConvert" in ops
 
 
+@needs("yolo26 export")
 def test_yolo26_nms_free_dynamic_export(tmp_path):
     pt = pruned_pt(tmp_path, "yolo26n.yaml")
     res = export(pt, format="onnx", imgsz=128, nms=False, dynamic=True, simplify=True)

@@ -12,7 +12,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.utils.torch_utils import get_flops
 
-from conftest import run_cli, run_without_plugin
+from conftest import needs, run_cli, run_without_plugin
 from yolo_prune import add_pruning
 from yolo_prune.train.state import STATE_VERSION, read_state
 from yolo_prune.cfg import PruneConfig, PruneError
@@ -140,6 +140,7 @@ def test_export_without_imgsz_uses_the_checkpoints_own(real_run, tmp_path):
     assert float(line.split("max abs diff ")[1].split(",")[0]) <= 1e-3 and line.endswith("ok")
 
 
+@needs("quantize")
 def test_quantize_spellings_and_real_precision(real_run, tmp_path, monkeypatch, log_lines):
     run, _ = real_run
     best = run / "weights" / "best.pt"

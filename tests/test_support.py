@@ -24,7 +24,7 @@ def older(monkeypatch):
             from ultralytics.cfg import DEFAULT_CFG_DICT
 
             for k in ("distill_model", "dis"):
-                monkeypatch.delitem(DEFAULT_CFG_DICT, k)
+                monkeypatch.delitem(DEFAULT_CFG_DICT, k, raising=False)
 
     return set_version
 

@@ -12,6 +12,7 @@ from yolo_prune.engine.graph import output_layers
 from yolo_prune.deploy.export import export
 
 from conftest import FAMILIES, TASKS
+from yolo_prune.support import has
 
 
 def outputs(model, x):
@@ -59,5 +60,7 @@ def test_task_prunes_trains_reloads_validates_exports(matrix, family, task):
     data = resolve_data("shapes-8", pruned.task)  # the built-in set of this task: shapes-seg-8, shapes-cls-8, ...
     metrics = YOLO(str(last)).val(data=data, imgsz=64, batch=4, plots=False, workers=0)
     assert 0.0 <= metrics.fitness <= 1.0  # a number from a validation that ran, not a skipped one
+    if family == "yolo26n" and not has("yolo26 export"):  # everything above ran; the parity check is gated
+        pytest.skip("YOLO26 export parity needs ultralytics>=8.4.142")
     res = export(str(last), format="onnx", imgsz=64)
     assert res["max_abs_diff"] <= 1e-3

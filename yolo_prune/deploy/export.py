@@ -256,6 +256,8 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     if getattr(yolo.model.model[-1], "one2one_cv2", None) is not None:  # parity follows today's YOLO26 export rule
         require("yolo26 export", "exporting a YOLO26 model")
     task = yolo.task
+    if not has("quantize"):
+        kwargs.pop("quantize", None)  # None here (a set one was refused above): this release does not know the key
     if quantize == 8:
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):

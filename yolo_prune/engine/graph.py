@@ -33,6 +33,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import C2fFolded, C2fSplit, C2PSAFolded, C2PSASplit, split_model
 from ..cfg import SUPPORTED_MODELS, PruneError
+from ..support import has
 from .importance import frozen_bn_stats
 
 # Ultralytics blocks the engine is verified on (YOLOv8 / YOLO11 / YOLO26 detection). Anything else from
@@ -201,6 +202,12 @@ def _trace_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     # Pose26's keypoint sigmas are computed in training only, from the cv4 features: capture those features in the
     # eval forward and apply the sigma convs to them once, so their input channels follow cv4's
     sigma_pairs, feats, hooks = [], {}, []
+    # Ultralytics < 8.4.142 detaches YOLO26's one-to-one head inputs in eval() too, which hides that branch from the
+    # trace: run it once more on the head's inputs, undetached (8.4.142+ traces it in the eval forward already)
+    late = [] if has("yolo26 export") else [m for m in model.modules() if getattr(m, "one2one_cv2", None) is not None]
+    inputs: dict[nn.Module, list] = {}
+    for head in late:
+        hooks.append(head.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, list(args[0]))))
     for head in (m for m in model.modules() if isinstance(m, Pose26)):
         for feat_attr, sigma_attr in (("cv4", "cv4_sigma"), ("one2one_cv4", "one2one_cv4_sigma")):
             for branch, sigma in zip(getattr(head, feat_attr, None) or [], getattr(head, sigma_attr, None) or []):
@@ -209,12 +216,34 @@ def _trace_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     try:
         with frozen_bn_stats(nn.ModuleList(train_only)):
             out = _raw_outputs(model(x))
-        return out + [sigma(feats[branch]) for branch, sigma in sigma_pairs if branch in feats]
+        out += [sigma(feats[branch]) for branch, sigma in sigma_pairs if branch in feats]
+        one2one = [_side_effect_free(head, inputs[head]) for head in late if head in inputs]
+        return out + [t for preds in one2one for t in _raw_outputs(preds)]
     finally:
         for h in hooks:
             h.remove()
         for m in train_only:
             m.eval()
+        _detach_cached(model)
+
+
+def _detach_cached(model: nn.Module) -> None:
+    """Detach tensors a forward cached on its modules (OBB's ``_inference`` keeps ``self.angle`` in some Ultralytics
+    releases): a traced one would make the model impossible to deep-copy (EMA, checks, checkpoints)."""
+    for m in model.modules():
+        for k, v in list(vars(m).items()):
+            if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                setattr(m, k, v.detach())
+
+
+def _side_effect_free(head: nn.Module, x: list):
+    """``head``'s one-to-one branch on ``x``, with any attribute the forward caches (OBB's angles) put back after."""
+    saved = dict(head.__dict__)
+    try:
+        return head.forward_head(x, **head.one2one)
+    finally:
+        head.__dict__.clear()
+        head.__dict__.update(saved)
 
 
 def build_graph(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tp.DependencyGraph:

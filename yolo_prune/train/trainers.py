@@ -98,7 +98,8 @@ class PruneTrainerMixin:
         """
         plugin = prune_config(_callbacks)
         if plugin is not None:
-            check_new_run(plugin, get_cfg(cfg, overrides), self.task_of_class)
+            own = {k: v for k, v in (overrides or {}).items() if k != "session"}  # <8.4.x: HUB's, popped by the trainer
+            check_new_run(plugin, get_cfg(cfg, own), self.task_of_class)
         super().__init__(cfg, overrides, _callbacks)
         self.prune_checked = plugin is not None  # callbacks added after construction are checked at their start
         if plugin is not None and plugin.prune_distill:
