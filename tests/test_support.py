@@ -35,8 +35,16 @@ def one_line(r) -> str:
     return lines[0]
 
 
-def test_the_installed_release_has_every_feature():
-    assert all(has(f) for f in FEATURES)
+def test_the_feature_table_matches_the_installed_release():
+    """Each feature's first release agrees with what the installed Ultralytics really has."""
+    import importlib.util
+
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    assert has("distillation") == (importlib.util.find_spec("ultralytics.nn.distill_model") is not None)
+    assert has("distillation") == ("distill_model" in DEFAULT_CFG_DICT)
+    assert has("quantize") == ("quantize" in DEFAULT_CFG_DICT)
+    assert has("yolo26 export") == (DEFAULT_CFG_DICT["nms"] is None)  # 8.4.142: NMS-free only with nms=False
     assert release("8.4.190") > release("8.4.77") > release("8.4.8") and release("8.4.190+cpu") == (8, 4, 190)
 
 

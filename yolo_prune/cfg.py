@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.190,<8.5"  # what benchmarks/compat.py passed; pyproject.toml declares it
+SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.8,<8.5"  # what benchmarks/compat.py passed; pyproject.toml declares it
 SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detect, segment, pose, obb and classify models"
 PRUNE_MODES = ("structured", "unstructured", "2:4")
 RUNTIMES = ("onnxruntime", "openvino", "torch")  # prune_runtime: where prune_latency is measured

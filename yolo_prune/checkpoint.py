@@ -104,6 +104,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
     snapshot = deepcopy(model).half().to(memory_format=torch.contiguous_format)
     if hasattr(snapshot, "criterion"):
         snapshot.criterion = None  # training-only state, as Ultralytics strips it
+    kpt = (getattr(snapshot, "yaml", None) or {}).get("kpt_shape")
+    if kpt and not hasattr(snapshot, "kpt_shape"):  # PoseTrainer sets it; some releases' predictors read only it
+        snapshot.kpt_shape = tuple(kpt)
     ckpt = {
         "date": datetime.now().astimezone().isoformat(),
         "version": __version__,
