@@ -226,7 +226,7 @@ def test_changed_ultralytics_internal_stops_before_training(tmp_path):
     rename = lambda t: [g.__setitem__("param_group", "renamed") for g in t.optimizer.param_groups]  # noqa: E731
     model.add_callback("on_pretrain_routine_end", rename)  # runs before the plugin's own handler
     add_pruning(model, prune=0.5)
-    with pytest.raises(PruneError, match=r"optimizer param_group tags .* supported: ultralytics>=8\.4\.190"):
+    with pytest.raises(PruneError, match=r"optimizer param_group tags .* supported: ultralytics>=8\.4\.8,<8\.5"):
         model.train(**TRAIN, epochs=3, project=str(tmp_path), name="i")
     assert not (tmp_path / "i" / "results.csv").exists()
 
