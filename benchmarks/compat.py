@@ -75,6 +75,7 @@ def run_suite(ultralytics: str, torch_pruning: str, pytest_args: list[str], work
     t0 = time.time()
     r = subprocess.run([py, "-m", "pytest", *pytest_args], cwd=ROOT, capture_output=True, text=True)
     seconds = time.time() - t0
+    (work / f"pytest-ul{ultralytics}-tp{torch_pruning}.log").write_text(r.stdout + r.stderr)  # which tests failed
     tail = [x for x in r.stdout.splitlines() if x.strip()][-1:] or [""]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", tail[0])}
     return {

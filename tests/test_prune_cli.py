@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from conftest import needs, run_cli
+from conftest import run_cli
+from yolo_prune.support import has
 
-MODELS = ["yolov8n.yaml", "yolo11n.yaml", "yolov8s.yaml", "yolo11s.yaml"]
-MODELS += [pytest.param(m, marks=needs("yolo26 export")) for m in ("yolo26n.yaml", "yolo26s.yaml")]  # ONNX parity
+MODELS = ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml", "yolov8s.yaml", "yolo11s.yaml", "yolo26s.yaml"]
 
 # Runs in a fresh interpreter: the checkpoint must load without yolo_prune imported by the caller.
 RELOAD = r"""
@@ -39,6 +39,8 @@ def test_prune_half_gflops_reload_and_onnx_parity(tmp_path, cfg):
     assert 0 < summary["elapsed_s"] < 60 and 200 < summary["peak_rss_mb"] < 4000  # torch alone takes > 200 MB
     changed = {k: v for k, v in summary["layers"].items() if v[0] != v[1]}
     assert changed and all(after % 8 == 0 and after < before for before, after in changed.values())
+    if cfg.startswith("yolo26") and not has("yolo26 export"):  # the prune above ran; export parity is gated
+        pytest.skip("YOLO26 export parity needs ultralytics>=8.4.142")
 
     pt = tmp_path / "exp" / "weights" / "pruned.pt"
     out = subprocess.run([sys.executable, "-c", RELOAD, str(pt)], capture_output=True, text=True, cwd=tmp_path)

@@ -51,7 +51,7 @@ def test_the_feature_table_matches_the_installed_release():
 @pytest.mark.parametrize(
     "argv, line",
     [
-        (["prune=0.3", "prune_distill=True"], "prune_distill=True needs ultralytics>=8.4.77 (distillation arrived there)"),
+        (["prune=0.3", "prune_distill=True"], "prune_distill=True needs ultralytics>=8.4.77 (Ultralytics' distillation"),
         (["distill_model=teacher.pt"], "distill_model=teacher.pt needs ultralytics>=8.4.77"),
         (["dis=1.0", "prune=0.3"], "dis=1.0 needs ultralytics>=8.4.77"),
     ],
@@ -60,15 +60,17 @@ def test_distillation_needs_its_release(tmp_path, older, argv, line):
     older("8.4.60")
     r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2", *argv, f"project={tmp_path}", cwd=tmp_path)
     got = one_line(r)
-    assert line in got and "8.4.60 is installed" in got and "accepted: pip install 'ultralytics>=8.4.77'" in got
+    assert line in got and "8.4.60 is installed" in got and "accepted: pip install 'ultralytics>=8.4.77,<8.5'" in got
     assert list(tmp_path.iterdir()) == []
 
 
-def test_prune_distill_in_python_stops_before_the_run_folder(tmp_path, older):
+def test_distillation_in_python_stops_before_the_run_folder(tmp_path, older):
     older("8.4.60")
-    model = add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_distill=True)
     with pytest.raises(PruneError, match=r"prune_distill=True needs ultralytics>=8\.4\.77"):
-        model.train(data="shapes-8", epochs=2, imgsz=64, project=str(tmp_path), name="t")
+        add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_distill=True)  # the callbacks refuse it: any trainer
+    model = add_pruning(YOLO("yolo11n.yaml"), prune=0.3)
+    with pytest.raises(PruneError, match=r"distill_model=t\.pt needs ultralytics>=8\.4\.77 .* 'ultralytics>=8\.4\.77,<8\.5'"):
+        model.train(data="shapes-8", epochs=2, imgsz=64, distill_model="t.pt", project=str(tmp_path), name="t")
     assert not (tmp_path / "t").exists()
 
 
@@ -76,7 +78,7 @@ def test_quantize_needs_its_release_and_half_still_exports(tmp_path, older):
     older("8.4.79")
     pt = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "m.pt", {"task": "detect", "imgsz": 64})
     got = one_line(run_cli("export", f"model={pt}", "format=onnx", "quantize=16", cwd=tmp_path))
-    assert "quantize=16 needs ultralytics>=8.4.80" in got
+    assert "quantize=16 needs ultralytics>=8.4.80" in got and "or half=True or int8=True on this release" in got
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
     from yolo_prune.deploy.export import canonical_quantize
 
@@ -90,4 +92,10 @@ def test_yolo26_export_and_latency_need_their_release(tmp_path, older):
     assert "exporting a YOLO26 model needs ultralytics>=8.4.142" in got
     got = one_line(run_cli("prune", f"model={pt}", "prune_latency=0.3", "imgsz=64", f"project={tmp_path}/p"))
     assert "prune_latency on a YOLO26 model needs ultralytics>=8.4.142" in got
+    got = one_line(run_cli("train", f"model={pt}", "prune_latency=0.3", "data=shapes-8", f"project={tmp_path}/t"))
+    assert "prune_latency on a YOLO26 model needs ultralytics>=8.4.142" in got  # at the start, no run folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m26.pt"]
+
+
+def test_version_parsing():
+    assert release("8.4.8rc1") == (8, 4, 8) and release("8.4.77-1") == (8, 4, 77) and release("8.4.190") == (8, 4, 190)

@@ -368,6 +368,4 @@ def markdown_reference() -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     print(markdown_reference())

@@ -107,6 +107,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
     kpt = (getattr(snapshot, "yaml", None) or {}).get("kpt_shape")
     if kpt and not hasattr(snapshot, "kpt_shape"):  # PoseTrainer sets it; some releases' predictors read only it
         snapshot.kpt_shape = tuple(kpt)
+    if type(snapshot).__name__ == "ClassificationModel" and getattr(snapshot, "transforms", None) is None:
+        from ultralytics.data.augment import classify_transforms  # as ClassificationTrainer sets them: some 8.4
+        # releases (8.4.76 seen) predict with the checkpoint's own transforms only
+        snapshot.transforms = classify_transforms((train_args or {}).get("imgsz") or 224)
     ckpt = {
         "date": datetime.now().astimezone().isoformat(),
         "version": __version__,

@@ -159,6 +159,7 @@ def _train(overrides: dict[str, Any]) -> None:
     if "data" in overrides:
         overrides["data"] = check_data(overrides["data"], yolo.task)
     teacher = overrides.get("distill_model") or (yolo.ckpt or {}).get("train_args", {}).get("distill_model")
+    check_features({"distill_model": teacher})  # resuming a distillation run made on a later release
     if resume and teacher and Path(teacher).parent != Path() and not Path(teacher).is_file():
         raise PruneError(
             f"distill_model: the teacher this run resumes with, '{teacher}', is not found; accepted: "
@@ -220,10 +221,11 @@ def _benchmark(overrides: dict[str, Any]) -> None:
 def _passthrough(mode: str, overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, entrypoint
 
+    from .datasets import is_builtin
     from .inputs import check_data, check_source
 
+    check_features(overrides)
     check_keys(overrides, {**DEFAULT_CFG_DICT, **ULTRALYTICS_ALIASES}, mode)
-    from .datasets import is_builtin
 
     task, model = overrides.get("task"), str(overrides.get("model") or "")
     if task is None and is_builtin(overrides.get("data")) and Path(model).suffix in (".pt", ".yaml", ".yml"):

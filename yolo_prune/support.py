@@ -8,8 +8,10 @@ from the installed package's metadata, so ``yolo-prune help`` still imports noth
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _metadata_version
 
 from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 
@@ -17,8 +19,29 @@ from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 FEATURES = {
     "distillation": "8.4.77",  # DistillationModel, default.yaml's distill_model / dis
     "quantize": "8.4.80",  # export's quantize= (earlier releases take half= / int8=)
-    "yolo26 export": "8.4.142",  # the rule that exports YOLO26 NMS-free only with nms=False, and Detect.fuse keeping it
+    "yolo26 trace": "8.4.113",  # Detect detaches the one-to-one inputs in training only (before: in eval too)
+    "yolo26 export": "8.4.142",  # YOLO26 exported NMS-free only with nms=False, and Detect.fuse keeping that branch
+    "stopper resume": "8.4.172",  # a resumed run restores the early stopper's counter (before: it starts afresh)
 }
+# why a missing feature matters, and what to do instead on the installed release
+WHY = {
+    "distillation": ("Ultralytics' distillation arrived in {first}", "leave it out"),
+    "quantize": ("export's quantize= arrived in {first}", "half=True or int8=True on this release"),
+    "yolo26 export": ("yolo-prune's parity check and latency timing follow the YOLO26 export rule of {first}",
+                      "plain 'yolo export' (no parity check), or prune by GFLOPs (prune=)"),
+}  # fmt: skip
+SUPPORTED = SUPPORTED_ULTRALYTICS.removeprefix("ultralytics")
+UPPER = ",".join(p for p in SUPPORTED.split(",") if p.startswith("<"))
+
+
+def version(name: str = "ultralytics") -> str:
+    """The installed release of ``name`` (metadata; the module's ``__version__`` where a fork ships another name)."""
+    try:
+        return _metadata_version(name)
+    except PackageNotFoundError:
+        import ultralytics
+
+        return ultralytics.__version__
 # Ultralytics keys a feature brought: asking for them on an earlier release gives the feature's line
 FEATURE_KEYS = {"distill_model": "distillation", "dis": "distillation", "prune_distill": "distillation",
                 "quantize": "quantize"}  # fmt: skip
@@ -31,8 +54,8 @@ def installed() -> tuple[int, ...]:
 
 
 def release(v: str) -> tuple[int, ...]:
-    """``"8.4.190"`` -> ``(8, 4, 190)`` (pre-release and local parts ignored)."""
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in v.split("+")[0].split(".")[:3])
+    """``"8.4.190"`` -> ``(8, 4, 190)``: the leading digits of each part (``8.4.8rc1`` is 8.4.8, local parts ignored)."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", p)) else 0 for p in v.split("+")[0].split(".")[:3])
 
 
 def has(feature: str) -> bool:
@@ -48,15 +71,15 @@ def require(feature: str, what: str | None = None) -> None:
     """
     if not has(feature):
         first = FEATURES[feature]
+        why, instead = WHY.get(feature, ("it arrived in {first}", "leave it out"))
         raise PruneError(
-            f"{what or feature} needs ultralytics>={first} ({feature} arrived there), and {version('ultralytics')} "
-            f"is installed; accepted: pip install 'ultralytics>={first}' (yolo-prune supports "
-            f"{SUPPORTED_ULTRALYTICS.removeprefix('ultralytics')}), or leave it out"
+            f"{what or feature} needs ultralytics>={first} ({why.format(first=first)}), and {version('ultralytics')} "
+            f"is installed; accepted: pip install 'ultralytics>={first}{',' + UPPER if UPPER else ''}', or {instead}"
         )
 
 
 def check_keys(keys: dict) -> None:
     """The feature line for any key set in ``keys`` (not None or False) that needs a later Ultralytics release."""
     for k, v in keys.items():
-        if k in FEATURE_KEYS and v not in (None, False):
+        if k in FEATURE_KEYS and v is not None and v is not False:
             require(FEATURE_KEYS[k], f"{k}={v}")

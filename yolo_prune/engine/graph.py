@@ -202,9 +202,9 @@ def _trace_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     # Pose26's keypoint sigmas are computed in training only, from the cv4 features: capture those features in the
     # eval forward and apply the sigma convs to them once, so their input channels follow cv4's
     sigma_pairs, feats, hooks = [], {}, []
-    # Ultralytics < 8.4.142 detaches YOLO26's one-to-one head inputs in eval() too, which hides that branch from the
-    # trace: run it once more on the head's inputs, undetached (8.4.142+ traces it in the eval forward already)
-    late = [] if has("yolo26 export") else [m for m in model.modules() if getattr(m, "one2one_cv2", None) is not None]
+    # Ultralytics < 8.4.113 detaches YOLO26's one-to-one head inputs in eval() too, which hides that branch from the
+    # trace: run it once more on the head's inputs, undetached (8.4.113+ traces it in the eval forward already)
+    late = [] if has("yolo26 trace") else [m for m in model.modules() if getattr(m, "one2one_cv2", None) is not None]
     inputs: dict[nn.Module, list] = {}
     for head in late:
         hooks.append(head.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, list(args[0]))))

@@ -19,6 +19,7 @@ from ..cfg import PruneConfig
 from ..checkpoint import student_of
 from ..engine.pruner import model_info
 from ..engine.unstructured import MaskKeeper, masks_from_zeros, sparsity
+from ..support import check_keys as check_features
 from . import distill, report, setup
 from .hooks import OptimizerHooks
 from .latency_run import LatencyRun
@@ -39,6 +40,7 @@ class PruneCallbacks:
 
     def __init__(self, **keys: Any):
         self.cfg = PruneConfig.from_keys(keys, "train")
+        check_features({"prune_distill": self.cfg.prune_distill})  # any trainer: before its run folder exists
         self.state: dict | None = None
         self.info: dict | None = None  # params and GFLOPs of the model now (re-measured after each step)
         self.hooks = OptimizerHooks()

@@ -7,6 +7,7 @@ from typing import Any
 from ultralytics import YOLO
 
 from ..cfg import PruneError
+from ..support import require
 from .callbacks import PruneCallbacks
 from .trainers import TRAINERS
 
@@ -44,6 +45,8 @@ def add_pruning(model: YOLO, **keys: Any) -> YOLO:
     if model.task not in TRAINERS:
         raise PruneError(f"model: task '{model.task}' is not supported; accepted: {', '.join(TRAINERS)}")
     cb = PruneCallbacks(**keys)
+    if cb.cfg.prune_latency is not None and getattr(model.model.model[-1], "one2one_cv2", None) is not None:
+        require("yolo26 export", "prune_latency on a YOLO26 model")  # before the run: the table is built at its start
     old = getattr(model, "prune_callbacks", None)
     if old is not None:  # calling add_pruning again replaces the settings instead of pruning twice
         for event, fn in old.callbacks.items():

@@ -16,6 +16,7 @@ from ..checkpoint import is_distilling, student_of
 from ..engine.allocate import check_table
 from ..engine.graph import check_supported
 from ..engine.pruner import model_info
+from ..support import has
 from .latency_run import LatencyRun
 from .schedule import check_patience, new_schedule
 from .state import config_of, is_current, make_state, read_state, remaining, zeroes_weights
@@ -87,7 +88,12 @@ def check_remaining(trainer, state: dict) -> None:
     """Refuse steps still to run that early stopping can cut short (resumed: counted from the stopper's last
     improvement); warn where ``time=`` may re-plan the epochs."""
     todo = remaining(state)
-    start_epoch = min(trainer.start_epoch, max(trainer.stopper.best_epoch - 1, 0)) if trainer.resume else 0
+    if not trainer.resume:
+        start_epoch = 0
+    elif has("stopper resume"):  # the stopper counts from its last improvement (best_epoch is 1-based)
+        start_epoch = min(trainer.start_epoch, max(trainer.stopper.best_epoch - 1, 0))
+    else:  # before 8.4.172 a resumed run starts a fresh stopper: its count restarts at the resume epoch
+        start_epoch = trainer.start_epoch
     check_patience(trainer.args.patience, todo, start_epoch, val=trainer.args.val)
     if trainer.args.time:
         LOGGER.warning(

@@ -79,9 +79,10 @@ def build_like_ultralytics(trainer, name: str | None = None) -> torch.optim.Opti
     level = LOGGER.level
     LOGGER.setLevel(logging.WARNING)  # build_optimizer logs its choice; it was logged once already at the start
     try:
+        chosen = args.optimizer if args.optimizer != "auto" else type(trainer.optimizer).__name__
         return trainer.build_optimizer(
             model=trainer.model,
-            name=name or type(trainer.optimizer).__name__,
+            name=name or chosen,  # the user's spelling (releases before 8.4.105 build MuSGD for 'RMSProp')
             lr=args.lr0,
             momentum=args.momentum,
             decay=weight_decay,

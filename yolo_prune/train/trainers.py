@@ -98,7 +98,8 @@ class PruneTrainerMixin:
         """
         plugin = prune_config(_callbacks)
         if plugin is not None:
-            own = {k: v for k, v in (overrides or {}).items() if k != "session"}  # <8.4.x: HUB's, popped by the trainer
+            own = {k: v for k, v in (overrides or {}).items() if k != "session"}  # to 8.4.113: HUB's, the trainer pops
+            check_features(own)  # before get_cfg, which would refuse a key this release does not have yet
             check_new_run(plugin, get_cfg(cfg, own), self.task_of_class)
         super().__init__(cfg, overrides, _callbacks)
         self.prune_checked = plugin is not None  # callbacks added after construction are checked at their start
