@@ -76,8 +76,11 @@ def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
     cost = LatencyCost(pruner, build_table(m, RT, 16))
     u = max(cost.table.units, key=lambda u: u.cout)
     assert cost.table.unit_ms(u, u.cin, u.cout // 4) < cost.table.unit_ms(u, u.cin, u.cout)
-    removed = removed_for_latency(pruner, cost, 0.6 * cost.base)
-    assert 0.57 * cost.base <= cost.estimate(removed) <= 0.6 * cost.base
+    # 40% of the convs' time: reachable whatever share of the model the fixed cost is on a loaded machine (this
+    # machine's whole-model timing moves the fixed cost; a 40%-of-the-model target was not always reachable)
+    target = cost.table.fixed_ms + 0.6 * (cost.base - cost.table.fixed_ms)
+    removed = removed_for_latency(pruner, cost, target)
+    assert target - 0.03 * cost.base <= cost.estimate(removed) <= target
     assert all(removed[a] == removed[b] for a, b in pruner.pairs if None not in (a, b))  # halves stay equal
 
 
