@@ -14,6 +14,7 @@ the table counts them.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results_io import header, save  # noqa: E402
+from results_io import RESULTS, header, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,10 @@ def run_suite(ultralytics: str, torch_pruning: str, pytest_args: list[str], work
     (work / f"pytest-ul{ultralytics}-tp{torch_pruning}.log").write_text(r.stdout + r.stderr)  # which tests failed
     tail = [x for x in r.stdout.splitlines() if x.strip()][-1:] or [""]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", tail[0])}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit.strip(),
         "ultralytics": got[0],
         "torch_pruning": got[1],
         "exit_code": r.returncode,
@@ -95,6 +99,7 @@ def main() -> None:
     ap.add_argument("--pytest-args", default="-q -p no:cacheprovider", help="arguments for pytest, as one string")
     ap.add_argument("--pairs", nargs="*", help="ultralytics:torch-pruning pairs to run instead of the cross product")
     ap.add_argument("--work", default="/tmp/yolo-prune-compat", help="where the venvs go")
+    ap.add_argument("--keep", action="store_true", help="keep compat.json's other rows (re-run some pairs only)")
     a = ap.parse_args()
     if a.pairs:
         pairs = [tuple(p.split(":")) for p in a.pairs]
@@ -109,12 +114,18 @@ def main() -> None:
         print(f"ultralytics {ul} + torch-pruning {tp} ...", flush=True)
         rows.append(run_suite(ul, tp, a.pytest_args.split() + [f"--basetemp={work / f'tmp-{ul}-{tp}'}"], work))
         print(f"  {rows[-1]['summary']} in {rows[-1]['seconds']:.0f}s", flush=True)
+    if a.keep and (RESULTS / "compat.json").is_file():  # the rows of an earlier run for the pairs not run now
+        ran = {(r["ultralytics"], r["torch_pruning"]) for r in rows}
+        old = json.loads((RESULTS / "compat.json").read_text()).get("rows", [])
+        rows = [r for r in old if (r["ultralytics"], r["torch_pruning"]) not in ran] + rows
+        rows.sort(key=lambda r: (Version(r["ultralytics"]), Version(r["torch_pruning"])))
     lines = [
         f"Declared: ultralytics{declared_range('ultralytics')}, torch-pruning{declared_range('torch-pruning')}",
         "",
-        "| ultralytics | torch-pruning | result | seconds |",
-        "|---|---|---|---|",
-        *(f"| {r['ultralytics']} | {r['torch_pruning']} | {r['summary']} | {r['seconds']:.0f} |" for r in rows),
+        "| ultralytics | torch-pruning | result | seconds | run |",
+        "|---|---|---|---|---|",
+        *(f"| {r['ultralytics']} | {r['torch_pruning']} | {r['summary']} | {r['seconds']:.0f} | {r.get('date', '')} "
+          f"{r.get('commit', '')} |" for r in rows),
     ]
     save("compat", {**header(), "rows": rows}, lines)
     sys.exit(max(r["exit_code"] for r in rows))

@@ -20,7 +20,7 @@ def older(monkeypatch):
     def set_version(v: str) -> None:
         monkeypatch.setattr("yolo_prune.support.installed", lambda: release(v))
         monkeypatch.setattr("yolo_prune.support.version", lambda name: v)
-        if release(v) < release(FEATURES["distillation"]):
+        if release(v) < release("8.4.77"):
             from ultralytics.cfg import DEFAULT_CFG_DICT
 
             for k in ("distill_model", "dis"):
@@ -41,35 +41,35 @@ def test_the_feature_table_matches_the_installed_release():
 
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    assert has("distillation") == (importlib.util.find_spec("ultralytics.nn.distill_model") is not None)
-    assert has("distillation") == ("distill_model" in DEFAULT_CFG_DICT)
+    if has("distillation"):  # (the wrapper and its keys arrived earlier, in 8.4.77)
+        assert importlib.util.find_spec("ultralytics.nn.distill_model") is not None and "distill_model" in DEFAULT_CFG_DICT
     assert has("quantize") == ("quantize" in DEFAULT_CFG_DICT)
     assert has("yolo26 export") == (DEFAULT_CFG_DICT["nms"] is None)  # 8.4.142: NMS-free only with nms=False
-    assert release("8.4.190") > release("8.4.77") > release("8.4.8") and release("8.4.190+cpu") == (8, 4, 190)
+    assert release("8.4.190") > release("8.4.164") > release("8.4.8") and release("8.4.190+cpu") == (8, 4, 190)
 
 
 @pytest.mark.parametrize(
     "argv, line",
     [
-        (["prune=0.3", "prune_distill=True"], "prune_distill=True needs ultralytics>=8.4.77 (Ultralytics' distillation"),
-        (["distill_model=teacher.pt"], "distill_model=teacher.pt needs ultralytics>=8.4.77"),
-        (["dis=1.0", "prune=0.3"], "dis=1.0 needs ultralytics>=8.4.77"),
+        (["prune=0.3", "prune_distill=True"], "prune_distill=True needs ultralytics>=8.4.164 (yolo-prune's distillation"),
+        (["distill_model=teacher.pt"], "distill_model=teacher.pt needs ultralytics>=8.4.164"),
+        (["dis=1.0", "prune=0.3"], "dis=1.0 needs ultralytics>=8.4.164"),
     ],
 )
 def test_distillation_needs_its_release(tmp_path, older, argv, line):
     older("8.4.60")
     r = run_cli("train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2", *argv, f"project={tmp_path}", cwd=tmp_path)
     got = one_line(r)
-    assert line in got and "8.4.60 is installed" in got and "accepted: pip install 'ultralytics>=8.4.77,<8.5'" in got
+    assert line in got and "8.4.60 is installed" in got and "accepted: pip install 'ultralytics>=8.4.164,<8.5'" in got
     assert list(tmp_path.iterdir()) == []
 
 
 def test_distillation_in_python_stops_before_the_run_folder(tmp_path, older):
     older("8.4.60")
-    with pytest.raises(PruneError, match=r"prune_distill=True needs ultralytics>=8\.4\.77"):
+    with pytest.raises(PruneError, match=r"prune_distill=True needs ultralytics>=8\.4\.164"):
         add_pruning(YOLO("yolo11n.yaml"), prune=0.3, prune_distill=True)  # the callbacks refuse it: any trainer
     model = add_pruning(YOLO("yolo11n.yaml"), prune=0.3)
-    with pytest.raises(PruneError, match=r"distill_model=t\.pt needs ultralytics>=8\.4\.77 .* 'ultralytics>=8\.4\.77,<8\.5'"):
+    with pytest.raises(PruneError, match=r"distill_model=t\.pt needs ultralytics>=8\.4\.164 .* 'ultralytics>=8\.4\.164,<8\.5'"):
         model.train(data="shapes-8", epochs=2, imgsz=64, distill_model="t.pt", project=str(tmp_path), name="t")
     assert not (tmp_path / "t").exists()
 

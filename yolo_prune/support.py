@@ -17,7 +17,10 @@ from .cfg import SUPPORTED_ULTRALYTICS, PruneError
 
 # feature -> first Ultralytics release that has it in the form yolo-prune uses (benchmarks/results/compat.md)
 FEATURES = {
-    "distillation": "8.4.77",  # DistillationModel, default.yaml's distill_model / dis
+    # DistillationModel arrived in 8.4.77, but yolo-prune's distillation tests pass from 8.4.164 (8.4.77: 8 of 18 fail,
+    # no dis_loss column before 8.4.104; 8.4.104: 2 fail; 8.4.164 and 8.4.190: all pass; the boundary between 8.4.105
+    # and 8.4.164 is not bisected)
+    "distillation": "8.4.164",
     "quantize": "8.4.80",  # export's quantize= (earlier releases take half= / int8=)
     "yolo26 trace": "8.4.113",  # Detect detaches the one-to-one inputs in training only (before: in eval too)
     "yolo26 export": "8.4.142",  # YOLO26 exported NMS-free only with nms=False, and Detect.fuse keeping that branch
@@ -25,7 +28,7 @@ FEATURES = {
 }
 # why a missing feature matters, and what to do instead on the installed release
 WHY = {
-    "distillation": ("Ultralytics' distillation arrived in {first}", "leave it out"),
+    "distillation": ("yolo-prune's distillation is tested from {first}", "leave it out"),
     "quantize": ("export's quantize= arrived in {first}", "half=True or int8=True on this release"),
     "yolo26 export": ("yolo-prune's parity check and latency timing follow the YOLO26 export rule of {first}",
                       "plain 'yolo export' (no parity check), or prune by GFLOPs (prune=)"),
