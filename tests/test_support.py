@@ -10,7 +10,7 @@ from conftest import run_cli
 from yolo_prune import add_pruning
 from yolo_prune.cfg import PruneError
 from yolo_prune.checkpoint import save_checkpoint
-from yolo_prune.support import FEATURES, has, release
+from yolo_prune.support import has, release
 
 
 @pytest.fixture()
