@@ -273,7 +273,7 @@ def remeasure(work: Path, families: list[str], p: dict) -> None:
     the medians into the kept results: timings taken while other runs trained on the same cores are noise."""
     from ultralytics import YOLO
 
-    from yolo_prune.deploy.benchmark import _runner
+    from yolo_prune.engine.runtime import exported_runner
     from yolo_prune.engine.runtime import time_interleaved
 
     files = {}
@@ -284,7 +284,7 @@ def remeasure(work: Path, families: list[str], p: dict) -> None:
             files[f] = YOLO(str(best)).export(format="onnx", imgsz=p["imgsz"], simplify=True)
     for fam in families:  # the base too, as the reference point of the chart
         files[fam] = YOLO(str(work / f"{fam}_base" / "weights" / "best.pt")).export(format="onnx", imgsz=p["imgsz"])
-    ms = time_interleaved({k: _runner(v, "onnx", 1) for k, v in files.items()}, p["runs"])
+    ms = time_interleaved({k: exported_runner(v, "onnx", 1) for k, v in files.items()}, p["runs"])
     for k, v in ms.items():
         if isinstance(k, Path):
             r = json.loads(k.read_text())

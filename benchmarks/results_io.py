@@ -25,12 +25,12 @@ def header() -> dict:
     return {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
 
 
-def save(name: str, out: dict, body: list[str]) -> None:
-    """Write results/<name>.json (``out``) and results/<name>.md (command/machine/date, then ``body``); print it."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+def save(name: str, out: dict, body: list[str], root: Path = RESULTS) -> None:
+    """Write <root>/<name>.json (``out``) and <root>/<name>.md (command/machine/date, then ``body``); print it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.json").write_text(json.dumps(out, indent=2))
     md = [f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}", "", *body]
-    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    (root / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -11,6 +11,24 @@ import pytest
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("YOLO_PRUNE_CACHE", str(Path(__file__).parent / ".cache"))  # keeps test data out of ~/.cache
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `pytest -n N`'s workers: one thread each, or N workers fight
+    os.environ["OMP_NUM_THREADS"] = "1"  # (the subprocesses a test starts inherit it)
+    import torch
+
+    torch.set_num_threads(1)
+
+# Tests that share an expensive session fixture run on one xdist worker, so it is built once (xdist_group, run with
+# --dist loadgroup); the latency group also keeps the tests that time things off each other.
+SHARED = {"matrix": "matrix", "shared_cache": "latency", "killed_run": "killed"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((g for f, g in SHARED.items() if f in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 def needs(feature: str):
     """Skip where the installed Ultralytics release lacks ``feature`` (yolo_prune.support; benchmarks/compat.py runs the

@@ -48,7 +48,7 @@ CASES = {
                                        "distill_model=missing.pt"], "distill_model='missing.pt' is not found"
                                       if has("distillation") else "distill_model=missing.pt needs ultralytics>="),
     "export: format=bogus": (["export", "model={pt}", "format=bogus"], "format='bogus' is invalid; accepted: "),
-    "export: format=ncnn, not installed": (["export", "model={pt}", "format=ncnn"], "format=ncnn needs ncnn"),
+    "export: format=paddle, not installed": (["export", "model={pt}", "format=paddle"], "format=paddle needs paddle"),
     "export: format=engine, no TensorRT": (["export", "model={pt}", "format=engine"], "needs tensorrt"),
     "export: imgsz=abc": (["export", "model={pt}", "imgsz=abc"], "imgsz='abc' is invalid"),
     "benchmark: runs=0": (["benchmark", "model={pt}", "base={pt}", "runs=0"], "runs=0 is invalid"),

@@ -1,6 +1,8 @@
 """Export of pruned models through Ultralytics' exporter: clean ONNX graphs and parity in every precision."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -148,3 +150,25 @@ def test_benchmark_cli_writes_table_csv_json_png(tmp_path):
         assert f"{fmt} mAP50-95" in (out / "benchmark.csv").read_text()
     bad = run_cli("benchmark", f"model={pt}", f"base={base}", "formats=onnx,tflite", f"project={tmp_path}/c")
     assert bad.returncode == 2 and "formats" in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_gpu_benchmark_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py, the one command a lent GPU runs, with --device cpu: the same code path (three variants,
+    prune_latency with prune_runtime=torch, interleaved timing at each batch, the result files), so it cannot fail
+    first on the GPU."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--models", "yolo11n", "--imgsz", "96", "--batches", "1,2",
+         "--runs", "2", "--latency", "0.2", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=script.parent, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert [(row["runtime"], row["batch"]) for row in res["rows"]] == [("torch-cpu-fp32", 1), ("torch-cpu-fp32", 2)]
+    for row in res["rows"]:
+        assert all(v > 0 for v in row["ms"].values()) and row["speedup"]["base"] == 1.0
+        g = row["gflops"]
+        assert g["prune=0.5"] == pytest.approx(0.5 * g["base"], abs=0.03 * g["base"]) and g["prune_latency=0.2"] < g["base"]
+        assert row["latency_plan"]["measured_speedup"] > 1
+    assert res["skipped"] == ["yolo11n TensorRT: --device cpu"] and "python " in res["command"]
+    assert "| yolo11n | torch-cpu-fp32 | 2 |" in (tmp_path / "gpu.md").read_text()

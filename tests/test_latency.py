@@ -1,5 +1,6 @@
 """prune_latency: the latency table (built, cached, reused), the planner reaching a latency target, bad input."""
 
+import copy
 import json
 import shutil
 import sys
@@ -126,7 +127,7 @@ def test_runtime_checks(monkeypatch):
             check_runtime("torch", "0")
     assert check_runtime("torch", "cpu") == "cpu"  # CPU timing is allowed when asked for
     monkeypatch.setitem(sys.modules, "openvino", None)
-    with pytest.raises(PruneError, match="prune_runtime=openvino needs OpenVINO.*pip install openvino"):
+    with pytest.raises(PruneError, match=r"prune_runtime=openvino needs openvino, .*pip install 'yolo-prune\[openvino\]', or another runtime$"):
         check_runtime("openvino")
 
 
@@ -163,3 +164,67 @@ def test_prune_latency_in_training_steps_to_its_target(tmp_path, cache):
     assert first["predicted_ms"][1] == pytest.approx(0.85 * lat["base_ms"], rel=0.06)
     assert last["measured_ms"][1] < last["measured_ms"][0]
     assert state["history"][-1]["gflops"] < state["base"]["gflops"]
+
+
+def _conv_ms(model: torch.nn.Module, imgsz: int = 64) -> float:
+    """A model's 'true' latency on the fake runtime: 2 ms fixed plus its convs' multiply-adds (1 ms per million)."""
+    macs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: macs.append(m.weight[0].numel() * o.numel() * 1e-6))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, imgsz, imgsz))
+    for h in hooks:
+        h.remove()
+    return 2.0 + sum(macs)
+
+
+def fake_table(monkeypatch, m, rt):
+    """The latency table of a runtime whose convs cost their multiply-adds, so the prediction is right."""
+    import yolo_prune.engine.latency as lat
+
+    def time_convs(sigs, rt):
+        for cin, cout, k, s, p, g, d, h, w, act, b in sigs:
+            yield (cin, cout, k, s, p, g, d, h, w, act, b), (cin // g) * k * k * cout * (h // s) * (w // s) * 1e-6
+
+    monkeypatch.setattr(lat, "time_convs", time_convs)
+    monkeypatch.setattr(lat, "call_overhead_ms", lambda rt: 0.0)
+    return LatencyTable(lat.conv_units(m, rt.imgsz), rt, 16).build(lambda: _conv_ms(m, rt.imgsz))
+
+
+@pytest.mark.parametrize("noise", ["outlier", "bias"])
+def test_closed_loop_is_not_fooled_by_a_noisy_timer(monkeypatch, noise):
+    """The closed loop of prune_latency with an injected timer. 'outlier': the first timing of every plan finds the
+    machine loaded while the unpruned model runs (its time x1.4), later ones are right: the loop must re-measure
+    rather than re-aim, and report the true speed-up. 'bias': the runtime really runs pruned models 15% slower than
+    the table predicts: the loop must re-aim, in damped steps, onto the target."""
+    import yolo_prune.engine.targets as targets
+
+    m = model()
+    rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
+    table = fake_table(monkeypatch, m, rt)
+    calls = []
+
+    def measure(models, rt, runners=None):
+        ms = {k: _conv_ms(v) for k, v in models.items()}
+        if noise == "bias":
+            ms["pruned"] = 2.0 + (ms["pruned"] - 2.0) * 1.15
+        first = not any(c is models["pruned"] for c in calls)
+        calls.append(models["pruned"])
+        if noise == "outlier" and first:
+            ms["base"] *= 1.4
+        return ms
+
+    monkeypatch.setattr(targets, "measure_models", measure)
+    plan, info = targets.plan_for_latency(m, 0.5, rt, table=table)
+    pruned = {id(c) for c in calls}
+    true = _conv_ms(targets.apply_plan(copy.deepcopy(m), plan)) / _conv_ms(m)
+    if noise == "bias":
+        true = (2.0 + (true * _conv_ms(m) - 2.0) * 1.15) / _conv_ms(m)
+    assert abs(true - 0.5) <= targets.MEASURE_TOLERANCE, (true, info)  # the plan kept meets the target, truly
+    assert info["measured_speedup"] == pytest.approx(1 / true, rel=0.01)  # and the reported speed-up is the true one
+    if noise == "outlier":
+        assert len(pruned) == 1 and len(calls) == 3  # one plan, timed three times: re-measured, not re-aimed
+        spread = info["measured_speedups"]
+        assert len(spread) == 3 and max(spread) > 2.6 and min(spread) == pytest.approx(1 / true, rel=0.01)
+    else:
+        assert 2 <= len(pruned) <= targets.MAX_AIMS  # re-aimed, and got there within the plans allowed

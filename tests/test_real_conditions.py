@@ -18,7 +18,8 @@ from yolo_prune.train.state import STATE_VERSION, read_state
 from yolo_prune.cfg import PruneConfig, PruneError
 from yolo_prune.engine.allocate import body_signature
 from yolo_prune.engine.targets import prune_model
-from yolo_prune.deploy.export import ParityError, export, input_hw, input_shape, precision_found
+from yolo_prune.deploy.export import ParityError, export, input_hw, input_shape
+from yolo_prune.engine.backends import precision_found
 from yolo_prune.modes.oneshot import prune_file
 from yolo_prune.engine.unstructured import sparsity
 

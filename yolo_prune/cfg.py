@@ -20,7 +20,11 @@ from typing import Any, Callable
 SUPPORTED_ULTRALYTICS = "ultralytics>=8.4.8,<8.5"  # what benchmarks/compat.py passed; pyproject.toml declares it
 SUPPORTED_MODELS = "YOLOv8 / YOLO11 / YOLO26 detect, segment, pose, obb and classify models"
 PRUNE_MODES = ("structured", "unstructured", "2:4")
-RUNTIMES = ("onnxruntime", "openvino", "torch")  # prune_runtime: where prune_latency is measured
+# CPU runtimes an export runs on, and the Ultralytics export format each runs (yolo_prune.engine.backends loads them)
+RUNTIME_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "ncnn": "ncnn", "litert": "litert",
+                   "executorch": "executorch", "mnn": "mnn"}  # fmt: skip
+RUNTIMES = (*RUNTIME_FORMATS, "torch")  # prune_runtime: where prune_latency is measured
+FORMATS = tuple(RUNTIME_FORMATS.values())  # benchmark formats= (each timed on its runtime)
 # importance criteria by name (yolo_prune.engine.importance builds them; register() adds more at run time)
 METHODS = ["l1", "l2", "bn", "taylor", "lamp", "fpgm", "hessian", "random", "sensitivity"]
 HEAD_TASKS = ("detect", "segment", "pose", "obb")  # tasks with a detection head (Ultralytics distills their necks)
@@ -180,8 +184,8 @@ KEYS: dict[str, Key] = {
                       choice(PRUNE_MODES)),
     "prune_sensitivity": Key(None, "a sensitivity.csv", "for prune_method=sensitivity: the table of "
                              "'yolo-prune sensitivity'", existing_file),
-    "prune_runtime": Key("onnxruntime", " | ".join(RUNTIMES), "where prune_latency is measured (torch: device=, CUDA "
-                         "fp16)", choice(RUNTIMES)),
+    "prune_runtime": Key("onnxruntime", " | ".join(RUNTIMES), "where prune_latency is measured (ncnn, litert, "
+                         "executorch, mnn: the [edge] extra; torch: device=, CUDA fp16)", choice(RUNTIMES)),
     "prune_threads": Key(None, "an integer >= 1", "CPU threads of that runtime (default: the runtime's own)",
                          optional_int),
     "prune_distill": Key(False, "True or False", "distill from the model as it was just before its first step, with "

@@ -196,7 +196,7 @@ def _export(overrides: dict[str, Any]) -> None:
 
 
 def _benchmark(overrides: dict[str, Any]) -> None:
-    from .deploy.benchmark import FORMATS, benchmark
+    from .deploy.benchmark import benchmark
     from .inputs import check_data, check_imgsz
 
     check_keys(overrides, MODE_KEYS["benchmark"], "benchmark")
@@ -204,10 +204,7 @@ def _benchmark(overrides: dict[str, Any]) -> None:
     for key in ("model", "base"):
         if not args[key]:
             raise PruneError(f"{key} is required; accepted: {key}=<.pt checkpoint>")
-    formats = [f.strip() for f in str(args.pop("formats")).split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise PruneError(f"formats={','.join(formats)} is invalid; accepted: {', '.join(FORMATS)} (comma-separated)")
+    formats = [f.strip() for f in str(args.pop("formats")).split(",") if f.strip()]  # benchmark() checks them
     optional_int("threads", args["threads"])
     optional_int("runs", args["runs"])
     check_imgsz("imgsz", args["imgsz"])

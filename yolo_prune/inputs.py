@@ -14,20 +14,49 @@ from typing import Any
 from .cfg import PruneError
 
 # export format -> (modules it needs, what to pip install): Ultralytics would install them at run time
+EDGE = "'yolo-prune[edge]'"
+# what each export format needs installed to be exported and run here, and the pip install that gives it: checked
+# before anything is exported, since Ultralytics' exporter and backends would pip install a missing one at run time
 EXPORT_NEEDS = {
-    "openvino": (("openvino",), "openvino (or pip install 'yolo-prune[openvino]')"),
+    "onnx": (("onnx", "onnxruntime"), "onnx onnxruntime"),
+    "openvino": (("openvino",), "'yolo-prune[openvino]'"),
     "engine": (("tensorrt",), "tensorrt, on a machine with an NVIDIA GPU"),
     "coreml": (("coremltools",), "coremltools"),
     "saved_model": (("tensorflow",), "tensorflow"),
     "pb": (("tensorflow",), "tensorflow"),
     "edgetpu": (("tensorflow",), "tensorflow and the Edge TPU compiler"),
-    "litert": (("litert_torch", "ai_edge_litert"), "litert-torch ai-edge-litert"),
+    "litert": (("litert_torch", "ai_edge_litert"), EDGE),
     "paddle": (("paddle",), "paddlepaddle"),
-    "mnn": (("MNN",), "MNN"),
-    "ncnn": (("ncnn", "pnnx"), "ncnn pnnx"),
-    "executorch": (("executorch",), "executorch"),
+    "mnn": (("MNN",), EDGE),
+    "ncnn": (("ncnn", "pnnx"), EDGE),
+    "executorch": (("executorch",), EDGE),
     "rknn": (("rknn",), "rknn-toolkit2"),
 }
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` imports here (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_installed(fmt: str, key: str = "format", value: str | None = None) -> None:
+    """Raise one line naming ``key=value`` (default ``format=fmt``), the missing modules and the install, when what
+    export format ``fmt`` needs (:data:`EXPORT_NEEDS`) is not installed here.
+
+    Raises:
+        PruneError: A module is missing.
+    """
+    modules, pip = EXPORT_NEEDS.get(fmt, ((), ""))
+    missing = [m for m in modules if not installed(m)]
+    if missing:
+        raise PruneError(
+            f"{key}={value or fmt} needs {', '.join(missing)}, {'which is' if len(missing) == 1 else 'which are'} not "
+            f"installed (yolo-prune installs nothing at run time); accepted: pip install {pip}, or another "
+            f"{'runtime' if key == 'prune_runtime' else 'format'}"
+        )
 
 
 def first_line(e: BaseException) -> str:
@@ -51,13 +80,7 @@ def check_export_format(fmt: Any) -> str:
     accepted = [a for a in export_formats()["Argument"] if a != "-"]
     if name not in accepted:
         raise PruneError(f"format={fmt!r} is invalid; accepted: {', '.join(accepted)}")
-    modules, pip = EXPORT_NEEDS.get(name, ((), ""))
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise PruneError(
-            f"format={name} needs {', '.join(missing)}, {'which is' if len(missing) == 1 else 'which are'} not "
-            f"installed (yolo-prune installs nothing at run time); accepted: pip install {pip}, or another format"
-        )
+    check_installed(name)
     return name
 
 

@@ -1,7 +1,7 @@
 """``yolo-prune benchmark``: a pruned model against its original, side by side, in the formats edge devices run.
 
-Latency is measured with each format's own runtime at batch 1 after warm-up (ONNX Runtime and OpenVINO on CPU; PyTorch
-CUDA fp16, and TensorRT where installed, on a GPU), with the thread count stated. Ultralytics' own ``benchmark`` mode
+Latency is measured with each format's own runtime at batch 1 after warm-up (ONNX Runtime, OpenVINO, NCNN, LiteRT,
+ExecuTorch and MNN on CPU; PyTorch CUDA fp16 on a GPU), with the thread count stated. Ultralytics' own ``benchmark`` mode
 runs val() per format and reports one model at a time; this one compares two models and reports speed-ups against the
 GFLOPs ratio (the realization), which is what a pruning decision needs.
 """
@@ -23,23 +23,13 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 from ultralytics.utils.files import increment_path
 
-from ..cfg import MODE_KEYS, PruneError
+from ..cfg import FORMATS, MODE_KEYS, PruneError
 from ..checkpoint import atomic_write_bytes, load_model
 from ..engine.heads import class_count
 from ..engine.pruner import model_info
-from ..engine.runtime import Runtime, onnx_runner, time_interleaved
+from ..engine.backends import check_backend
+from ..engine.runtime import exported_runner, time_interleaved
 from .export import export
-
-FORMATS = ("onnx", "openvino")
-
-
-def _runner(file: str, fmt: str, threads: int):
-    """A callable running one batch-1 inference of an exported model (ONNX file or OpenVINO folder) on its runtime."""
-    if fmt not in FORMATS:
-        raise ValueError(fmt)
-    model = file if fmt == "onnx" else str(next(Path(file).glob("*.xml")))
-    return onnx_runner(model, Runtime("onnxruntime" if fmt == "onnx" else "openvino", threads=threads))
-
 
 def torch_cuda_runner(weights: str, imgsz: int, device: str):
     """One batch-1 PyTorch fp16 inference on a CUDA device (fused model), synchronized."""
@@ -113,13 +103,28 @@ def check_comparable(base: str, model: str) -> None:
             )
 
 
+def check_formats(formats) -> list[str]:
+    """``formats=`` as a list (a comma-separated string or a sequence), each timed here on its runtime.
+
+    Raises:
+        PruneError: A format yolo-prune cannot time, or one whose runtime is not installed.
+    """
+    formats = formats.split(",") if isinstance(formats, str) else list(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise PruneError(f"formats={','.join(formats)} is invalid; accepted: {', '.join(FORMATS)} (comma-separated)")
+    for fmt in formats:
+        check_backend(fmt, key="formats")
+    return formats
+
+
 D = MODE_KEYS["benchmark"]  # the mode's defaults, as the CLI and the key reference give them
 
 
 def benchmark(
     model: str,
     base: str,
-    formats=FORMATS,
+    formats=D["formats"].split(","),
     imgsz: int = D["imgsz"],
     runs: int = D["runs"],
     device: str = D["device"],
@@ -137,7 +142,8 @@ def benchmark(
     Args:
         model: The pruned checkpoint.
         base: The checkpoint it was pruned from (same task, class count and family).
-        formats: Export formats to time (``onnx``, ``openvino``); a CUDA ``device`` adds PyTorch CUDA fp16.
+        formats: Export formats (:data:`yolo_prune.cfg.FORMATS`), each timed on its runtime; a CUDA ``device``
+            adds PyTorch CUDA fp16.
         imgsz, runs, threads: Input size, timed runs per model and format, intra-op threads of the runtimes.
         device: ``cpu``, or a CUDA device for the PyTorch row.
         data: Dataset to validate both exports on (mAP50-95 columns).
@@ -151,12 +157,11 @@ def benchmark(
     """
     from ..inputs import check_device
 
+    formats = check_formats(formats)
     check_comparable(base, model)
     device = check_device(device)
     threads = threads or torch.get_num_threads()
-    formats = list(formats)
-    if device != "cpu":
-        formats = ["torch-cuda", *formats]
+    formats = ["torch-cuda", *formats] if device != "cpu" else formats
     # exports go to a scratch folder, moved into the run folder at the end: Ultralytics writes them next to the .pt,
     # which may be a read-only install (the shipped models) or the user's weights folder
     scratch = Path(tempfile.mkdtemp(prefix="yolo-prune-benchmark-"))
@@ -201,7 +206,7 @@ def _measure(rows: dict, formats, imgsz: int, runs: int, device: str, threads: i
         if fmt == "torch-cuda":
             fns = {k: torch_cuda_runner(rows[k]["model"], imgsz, device) for k in rows}
         else:
-            fns = {k: _runner(rows[k][f"{fmt}_file"], fmt, threads) for k in rows}
+            fns = {k: exported_runner(rows[k][f"{fmt}_file"], fmt, threads, imgsz) for k in rows}
         for k, lat in time_interleaved(fns, runs).items():
             rows[k][f"{fmt}_latency"] = lat
     b, p = rows["base"], rows["pruned"]

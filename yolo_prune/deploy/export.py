@@ -1,7 +1,7 @@
 """Export through Ultralytics' exporter, then prove the exported model computes what PyTorch does.
 
-After every export the exported file is run with its own runtime (ONNX Runtime for ONNX, OpenVINO for OpenVINO) on the
-same image as the PyTorch model, configured the way the exporter configured it (head in export mode, the YOLO26
+After every export the exported file is run with its own runtime (:mod:`yolo_prune.engine.backends`: ONNX Runtime,
+OpenVINO, NCNN, LiteRT, ExecuTorch, MNN) on the same image as the PyTorch model, configured the way the exporter configured it (head in export mode, the YOLO26
 one-to-one head when ``nms=False``). The image is real: the first val image of ``data`` or one from the built-in
 generator (uniform noise is out of distribution and exaggerates INT8 error). Differences are taken with box
 coordinates divided by ``imgsz``, so boxes and scores share one scale; over the tolerance, the export fails.
@@ -20,6 +20,7 @@ from ultralytics.utils import LOGGER
 from ..cfg import PruneError
 from ..checkpoint import load_model
 from ..datasets import make_image, resolve_data
+from ..engine.backends import FORMATS, check_backend, load_session, no_runtime_installs, precision_found
 from ..support import has, require
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
@@ -27,7 +28,6 @@ from ..support import has, require
 # right, so it is bounded on the mean: correct INT8 exports of pruned yolo11n/yolo26n measured 0.002-0.077 (OpenVINO's
 # calibration varies run to run), a graph with one sign-flipped conv 0.16.
 TOLERANCE: dict[int, tuple[str, float]] = {32: ("max", 1e-3), 16: ("max", 1e-2), 8: ("mean", 0.1)}
-RUNTIMES = {"onnx", "openvino"}  # formats whose parity is checked here (TensorRT is not installable on these machines)
 CALIBRATION_DATA = "shapes-256"  # built-in data for INT8 calibration when no data= is given
 
 
@@ -66,46 +66,15 @@ def canonical_quantize(kwargs: dict[str, Any]) -> int | str:
 
 
 def input_shape(exported: str | Path, fmt: str) -> list[int | None]:
-    """(batch, channels, height, width) of the exported model's image input, read from the graph; None where dynamic."""
-    if fmt == "onnx":
-        import onnx
-
-        dims = onnx.load(str(exported), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        return [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    import openvino as ov
-
-    shape = ov.Core().read_model(str(next(Path(exported).glob("*.xml")))).inputs[0].get_partial_shape()
-    return [d.get_length() if d.is_static else None for d in shape]
+    """(batch, channels, height, width) of the exported model's image input, as its runtime loads it; None where
+    dynamic."""
+    return load_session(exported, fmt).shape
 
 
 def input_hw(exported: str | Path, fmt: str) -> tuple[int, int] | None:
     """(height, width) of the exported model's image input; None where either is dynamic."""
     hw = input_shape(exported, fmt)[-2:]
     return (hw[0], hw[1]) if len(hw) == 2 and None not in hw else None
-
-
-def precision_found(exported: str | Path, fmt: str) -> set[int]:
-    """Precisions the exported graph really holds: 8 (quantize/dequantize or fake-quantize ops), 16 (fp16 weights)."""
-    found: set[int] = set()
-    if fmt == "onnx":
-        import onnx
-
-        g = onnx.load(str(exported)).graph
-        ops = {n.op_type for n in g.node}
-        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "DynamicQuantizeLinear"}:
-            found.add(8)
-        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer):
-            found.add(16)
-    else:
-        import openvino as ov
-
-        ops = ov.Core().read_model(str(next(Path(exported).glob("*.xml")))).get_ops()
-        names = {op.get_type_name() for op in ops}
-        if names & {"FakeQuantize", "FakeConvert"}:
-            found.add(8)
-        if any(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f16 for op in ops):
-            found.add(16)
-    return found
 
 
 def _reference_model(weights: str | Path, nms: bool | None):
@@ -127,28 +96,6 @@ def _reference_outputs(model, x: torch.Tensor) -> list[np.ndarray]:
         y = model(x)
     ys = list(y) if isinstance(y, (tuple, list)) else [y]
     return [t.numpy() for t in ys if isinstance(t, torch.Tensor)]
-
-
-def onnx_outputs(onnx_file: str | Path, x: torch.Tensor) -> list[np.ndarray]:
-    """Outputs of an ONNX model under ONNX Runtime (CPU) for input ``x``."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    dtype = np.float16 if "float16" in inp.type else np.float32
-    return [o.astype(np.float32) for o in session.run(None, {inp.name: x.numpy().astype(dtype)})]
-
-
-def openvino_outputs(model_dir: str | Path, x: torch.Tensor) -> list[np.ndarray]:
-    """Outputs of an OpenVINO export folder (CPU plugin) for input ``x``."""
-    import openvino as ov
-
-    xml = next(Path(model_dir).glob("*.xml"))
-    # f32 execution: on CPUs with AVX512-BF16/AMX OpenVINO runs in bf16 by default (max diff ~0.04 on yolo11n), which
-    # is the runtime's choice, not the export's; parity checks what the exported IR computes
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled(x.numpy())
-    return [np.asarray(result[o], dtype=np.float32) for o in compiled.outputs]
 
 
 def _normalised(y: np.ndarray, imgsz: int, end2end: bool, ref: np.ndarray | None = None) -> np.ndarray:
@@ -210,16 +157,19 @@ def parity(
     coordinates are divided by the larger side. NMS-free detections are matched as sets; mask prototypes, which depend
     on no ordering, are compared directly.
     """
-    hw = input_hw(exported, fmt) or ((imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz or (640, 640)))
+    session = load_session(exported, fmt, exact=True)
+    shape = session.shape
+    hw = (shape[2], shape[3]) if len(shape) == 4 and None not in shape[2:] else None
+    hw = hw or ((imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz or (640, 640)))
     imgsz = max(hw)
     x = parity_image(hw, data)
-    batch = input_shape(exported, fmt)[0]
+    batch = shape[0]
     if batch and batch > 1:  # a static batch: the same image in every slot
         x = x.repeat(batch, 1, 1, 1)
     model = _reference_model(weights, nms)
     refs = _reference_outputs(model, x)
     one2one = nms is False and hasattr(model.model[-1], "one2one_cv2")  # YOLO26 NMS-free: (B, max_det, 6 + extras)
-    outs = onnx_outputs(exported, x) if fmt == "onnx" else openvino_outputs(exported, x)
+    outs = session.run(x)
     if len(outs) < len(refs):
         raise ParityError(f"{fmt} export has {len(outs)} outputs, PyTorch {len(refs)}")
     worst, means = 0.0, []
@@ -241,6 +191,29 @@ def onnx_parity(weights: str | Path, onnx_file: str | Path, imgsz: int = 640) ->
     return parity(weights, onnx_file, "onnx", imgsz)["max"]
 
 
+def _check_format(fmt: str, quantize: int | str):
+    """The runtime of ``fmt`` (None for a format checked nowhere here), installed, and exporting ``quantize``.
+
+    Raises:
+        PruneError: The runtime is not installed, or the format does not export that precision.
+    """
+    backend = check_backend(fmt) if fmt in FORMATS else None
+    if backend and quantize != 32 and quantize in TOLERANCE and quantize not in backend.quantize:
+        raise PruneError(
+            f"quantize={quantize} is not a precision format={fmt} exports; accepted: "
+            f"{', '.join(map(str, (32, *backend.quantize)))}"
+        )
+    return backend
+
+
+def _takes_data(fmt: str) -> bool:
+    """Whether Ultralytics' exporter takes ``data=`` for ``fmt`` (calibration of static INT8)."""
+    from ultralytics.engine.exporter import export_formats
+
+    table = export_formats()
+    return "data" in dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
+
+
 def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
     """Export ``weights`` with Ultralytics' exporter and check parity; returns file, precision, diff and tolerance.
 
@@ -252,21 +225,23 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     """
     quantize = canonical_quantize(kwargs)
     format = str(format).lower()  # the exporter's own spelling rule
+    backend = _check_format(format, quantize)  # before anything is written
     yolo = load_model(weights)  # a distillation checkpoint exports its student
     if getattr(yolo.model.model[-1], "one2one_cv2", None) is not None:  # parity follows today's YOLO26 export rule
         require("yolo26 export", "exporting a YOLO26 model")
     task = yolo.task
     if not has("quantize"):
         kwargs.pop("quantize", None)  # None here (a set one was refused above): this release does not know the key
-    if quantize == 8:
+    if quantize == 8 and _takes_data(format):  # calibration (MNN's int8 is weight-only: no data)
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):
         kwargs["data"] = resolve_data(kwargs["data"], task)
-    file = yolo.export(format=format, **kwargs)
+    with no_runtime_installs():
+        file = yolo.export(format=format, **kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
     skip = (
-        f"format={format} has no runtime here to run it (checked: {', '.join(sorted(RUNTIMES))})"
-        if format not in RUNTIMES
+        f"format={format} has no runtime here to run it (checked: {', '.join(FORMATS)})"
+        if backend is None
         else "nms=True adds NMS to the graph, whose kept boxes PyTorch's raw head does not give"
         if kwargs.get("nms")
         else f"quantize={quantize!r} has no parity criterion (checked: 32, 16, 8)"

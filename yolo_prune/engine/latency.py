@@ -32,7 +32,9 @@ from ..checkpoint import atomic_write_bytes
 from ..datasets import cache_dir
 from ..support import require
 from .blocks import C2fSplit, C2PSASplit
-from .runtime import Runtime, call_overhead_ms, measure_models, time_conv
+from .backends import BACKENDS
+from .convs import call_overhead_ms, time_conv, time_convs
+from .runtime import Runtime, measure_models
 
 TABLE_VERSION = 1
 
@@ -142,14 +144,8 @@ def machine_signature(rt: Runtime) -> str:
     except (OSError, StopIteration):
         pass
     parts = [platform.node(), cpu, torch.__version__, TABLE_VERSION]
-    if rt.name == "onnxruntime":
-        import onnxruntime
-
-        parts.append(onnxruntime.__version__)
-    elif rt.name == "openvino":
-        import openvino
-
-        parts.append(openvino.__version__)
+    if rt.name in BACKENDS:
+        parts.append(BACKENDS[rt.name].version)
     elif rt.device != "cpu":
         parts.append(torch.cuda.get_device_name(torch.device(rt.device if ":" in rt.device else f"cuda:{rt.device}")))
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:8]
@@ -193,10 +189,9 @@ class LatencyTable:
                 self.times = {tuple(json.loads(k)): v for k, v in saved["times"].items()}
         todo = [s for s in self.needed() if s not in self.times]
         t0 = time.perf_counter()
-        for sig in TQDM(
-            todo, desc=f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)", disable=not todo
-        ):
-            self.times[sig] = time_conv(sig, self.rt)
+        desc = f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"
+        for sig, ms in TQDM(time_convs(todo, self.rt), total=len(todo), desc=desc, disable=not todo):
+            self.times[sig] = ms
         self.timed = len(todo)
         self.overhead_ms = call_overhead_ms(self.rt)
         # the whole model is measured on every run (one export): the fixed cost follows today's machine load
@@ -252,5 +247,9 @@ def latency_line(info: dict) -> str:
         line += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
     if "measured_ms" in info:
         mb, mp = info["measured_ms"]
-        line += f": measured {mb:.2f} -> {mp:.2f} ms ({info['measured_speedup']:.2f}x)"
+        line += f": measured {mb:.2f} -> {mp:.2f} ms ({info['measured_speedup']:.2f}x"
+        spread = info.get("measured_speedups") or []
+        if len(spread) > 1:
+            line += f", median of {len(spread)} timings, {min(spread):.2f}-{max(spread):.2f}x"
+        line += ")"
     return line + f", predicted {pb:.2f} -> {pp:.2f} ms ({pb / pp:.2f}x)"

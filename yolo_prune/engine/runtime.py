@@ -21,8 +21,9 @@ from torch import nn
 
 from ultralytics.utils import LOGGER
 
+from ..cfg import RUNTIME_FORMATS, PruneError
 from ..checkpoint import save_checkpoint
-from ..cfg import PruneError
+from .backends import check_backend, load_session, no_runtime_installs
 from .blocks import fold_model
 
 
@@ -46,23 +47,18 @@ def check_runtime(name: str, device: str | None = None) -> str:
     returns the device to time on.
 
     Raises:
-        PruneError: The runtime is not installed, or the device does not exist or does not fit the runtime.
+        PruneError: The runtime (or the converter its export needs) is not installed, or the device does not exist
+            or does not fit the runtime.
     """
     device = str(device if device is not None else ("0" if name == "torch" else "cpu"))
-    if name == "openvino":
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            raise PruneError(
-                "prune_runtime=openvino needs OpenVINO, which is not installed; accepted: pip install openvino "
-                "(or pip install 'yolo-prune[openvino]'), or prune_runtime=onnxruntime"
-            ) from None
-    if name in ("onnxruntime", "openvino") and device != "cpu":
-        raise PruneError(f"device={device} is invalid with prune_runtime={name}; accepted: device=cpu")
+    if name in RUNTIME_FORMATS:
+        check_backend(RUNTIME_FORMATS[name], key="prune_runtime")
+        if device != "cpu":
+            raise PruneError(f"device={device} is invalid with prune_runtime={name}; accepted: device=cpu")
     if name == "torch" and device != "cpu" and not torch.cuda.is_available():
         raise PruneError(
             f"prune_runtime=torch device={device} needs a CUDA GPU and none is available; accepted: device=cpu "
-            f"(times PyTorch fp32 on the CPU), or prune_runtime=onnxruntime|openvino"
+            f"(times PyTorch fp32 on the CPU), or prune_runtime={'|'.join(RUNTIME_FORMATS)}"
         )
     return device
 
@@ -78,35 +74,6 @@ def _median_ms(fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s:
         fn()
         t.append((time.perf_counter() - t0) * 1000)
     return float(np.median(t))
-
-
-def _conv_onnx(sig: tuple, opset: int = 17) -> bytes:
-    """A one-conv ONNX model (conv + bias, SiLU if ``act``) of signature ``sig``, built directly with onnx.helper:
-    exporting a torch module per shape would cost more than timing it."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    cin, cout, k, s, p, g, d, h, w, act, batch = sig
-    rng = np.random.default_rng(0)
-    wt = numpy_helper.from_array(rng.standard_normal((cout, cin // g, k, k)).astype(np.float32) * 0.05, "W")
-    b = numpy_helper.from_array(np.zeros(cout, np.float32), "B")
-    nodes = [
-        helper.make_node(
-            "Conv", ["x", "W", "B"], ["c"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g, dilations=[d, d]
-        )
-    ]
-    if act:
-        nodes += [helper.make_node("Sigmoid", ["c"], ["sg"]), helper.make_node("Mul", ["c", "sg"], ["y"])]
-    else:
-        nodes += [helper.make_node("Identity", ["c"], ["y"])]
-    graph = helper.make_graph(
-        nodes,
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, h, w])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [wt, b],
-    )
-    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
 
 
 def onnx_runner(model: bytes | str, rt: Runtime) -> Callable[[], Any]:
@@ -151,33 +118,6 @@ def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Call
     return run
 
 
-def call_overhead_ms(rt: Runtime) -> float:
-    """Milliseconds one runtime call costs with next to no work (an Identity on 16 values): timed alone, every conv
-    carries it once, while the whole model pays it once in total, so it is taken off each conv's time."""
-    if rt.name == "torch":
-        return _median_ms(torch_runner(nn.Identity(), (1, 16), rt), runs=50)
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    )
-    model = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    return _median_ms(onnx_runner(model, rt), runs=50)
-
-
-def time_conv(sig: tuple, rt: Runtime) -> float:
-    """Milliseconds of one conv of signature ``sig`` on ``rt``."""
-    if rt.name == "torch":
-        cin, cout, k, s, p, g, d, h, w, act, batch = sig
-        m = nn.Sequential(nn.Conv2d(cin, cout, k, s, p, dilation=d, groups=g), nn.SiLU() if act else nn.Identity())
-        return _median_ms(torch_runner(m, (batch, cin, h, w), rt))
-    return _median_ms(onnx_runner(_conv_onnx(sig), rt))
-
-
 def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, dict[str, float]]:
     """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...) after ``warmup`` calls
     each, so a load change on a shared machine slows every model alike instead of skewing their ratio."""
@@ -209,9 +149,21 @@ def model_runner(model: nn.Module, rt: Runtime, workdir: str | Path) -> Callable
     workdir.mkdir(parents=True, exist_ok=True)
     task = getattr(net, "task", None) or guess_model_task(net)
     pt = save_checkpoint(net, workdir / f"m{len(list(workdir.iterdir()))}.pt", {"task": task, "imgsz": rt.imgsz})
-    fmt = "onnx" if rt.name == "onnxruntime" else "openvino"
-    file = YOLO(str(pt)).export(format=fmt, imgsz=rt.imgsz, batch=rt.batch, verbose=False)
-    return onnx_runner(str(file) if fmt == "onnx" else str(next(Path(file).glob("*.xml"))), rt)
+    fmt = RUNTIME_FORMATS[rt.name]
+    with no_runtime_installs():
+        file = YOLO(str(pt)).export(format=fmt, imgsz=rt.imgsz, batch=rt.batch, verbose=False)
+    return exported_runner(file, fmt, rt.threads, rt.imgsz, rt.batch)
+
+
+def exported_runner(
+    exported: str | Path, fmt: str, threads: int | None, imgsz: int = 640, batch: int = 1
+) -> Callable[[], Any]:
+    """A callable running one inference of an export (what Ultralytics' exporter returned) on its runtime, on a
+    random input of the graph's own shape (``imgsz`` and ``batch`` where it is dynamic)."""
+    session = load_session(exported, fmt, threads)
+    b, c, h, w = (list(session.shape) + [None] * 4)[:4]
+    x = torch.rand(b or batch, c or 3, h or imgsz, w or imgsz)
+    return lambda: session.run(x)
 
 
 def measure_models(
