@@ -6,8 +6,9 @@ cheapest way each runtime allows, since a table needs hundreds of them:
 - ONNX Runtime, OpenVINO: an ONNX graph written with ``onnx.helper``;
 - NCNN: a ``.param`` / ``.bin`` pair written directly (the text format pnnx writes, weights after a 4-byte type tag);
 - MNN: that ONNX graph through MNN's converter (a few ms each);
-- LiteRT, ExecuTorch: no cheap path exists, so :data:`CHUNK` convs are converted at once (litert-torch signatures,
-  ExecuTorch methods of one program) and each is run alone by its name;
+- LiteRT: a flatbuffer written with LiteRT's own schema (NHWC, as litert-torch lays a conv out inside a model);
+- ExecuTorch: no cheap path exists, so :data:`CHUNK` convs are lowered at once (methods of one XNNPACK program) and
+  each is run alone by its name;
 - PyTorch: the module itself.
 
 Each runs with the threads of the :class:`~yolo_prune.engine.runtime.Runtime`, the same runtime options the whole
@@ -28,7 +29,7 @@ from torch import nn
 from .backends import no_runtime_installs
 from .runtime import Runtime, _median_ms, onnx_runner, torch_runner
 
-CHUNK = 32  # convs per LiteRT / ExecuTorch conversion (one conversion costs seconds, each conv in it ~0.1 s more)
+CHUNK = 32  # convs per ExecuTorch program (lowering one costs seconds)
 TINY = (1, 1, 1, 1, 0, 1, 1, 1, 1, False, 1)  # a conv with next to no work: what one runtime call costs
 
 
@@ -133,24 +134,84 @@ def _mnn_runner(sig: tuple, rt: Runtime, folder: Path) -> Callable[[], Any]:
     return run
 
 
-def _litert_runners(sigs: list[tuple], rt: Runtime, folder: Path) -> dict[tuple, Callable[[], Any]]:
-    import litert_torch
+def _tflite_conv(sig: tuple) -> bytes:
+    """A one-conv LiteRT model (NHWC ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` + bias, then SiLU as ``LOGISTIC`` and ``MUL``
+    if ``act``), built with LiteRT's own flatbuffer schema: what litert-torch makes of a conv inside a model (its
+    NCHW input is transposed once at the graph's edge), without the seconds a conversion costs."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as tfl
+
+    cin, cout, k, s, p, g, d, h, w, act, batch = sig
+    dw = g > 1
+    model, codes, buffers, tensors, ops = tfl.ModelT(), [], [tfl.BufferT()], [], []
+
+    def tensor(shape, data=None) -> int:
+        t = tfl.TensorT()
+        t.shape, t.type, t.buffer, t.name = np.array(shape, np.int32), tfl.TensorType.FLOAT32, 0, f"t{len(tensors)}"
+        if data is not None:
+            b = tfl.BufferT()
+            b.data = np.frombuffer(data.astype(np.float32).tobytes(), np.uint8)
+            buffers.append(b)
+            t.buffer = len(buffers) - 1
+        tensors.append(t)
+        return len(tensors) - 1
+
+    def op(code: int, inputs: list[int], outputs: list[int], kind=None, options=None) -> None:
+        if code not in [c.builtinCode for c in codes]:
+            c = tfl.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            codes.append(c)
+        o = tfl.OperatorT()
+        o.opcodeIndex = [c.builtinCode for c in codes].index(code)
+        o.inputs, o.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        if kind is not None:
+            o.builtinOptionsType, o.builtinOptions = kind, options
+        ops.append(o)
+
+    rng = np.random.default_rng(0)
+    x = cur = tensor([batch, h, w, cin])
+    if p and p != d * (k - 1) // 2:  # not what SAME pads: pad explicitly, then a VALID conv
+        pad = tensor([4, 2], np.array([[0, 0], [p, p], [p, p], [0, 0]]).astype(np.int32).view(np.float32))
+        tensors[pad].type = tfl.TensorType.INT32
+        h, w, cur = h + 2 * p, w + 2 * p, tensor([batch, h + 2 * p, w + 2 * p, cin])
+        op(tfl.BuiltinOperator.PAD, [x, pad], [cur])
+    same = 0 < p == d * (k - 1) // 2
+    ho, wo = ((n + 2 * p * same - d * (k - 1) - 1) // s + 1 for n in (h, w))
+    wt = tensor(
+        [1, k, k, cout] if dw else [cout, k, k, cin // g],
+        rng.standard_normal(cout * k * k * (1 if dw else cin // g)) * 0.05,
+    )
+    y = tensor([batch, ho, wo, cout])
+    opts = tfl.DepthwiseConv2DOptionsT() if dw else tfl.Conv2DOptionsT()
+    opts.padding = tfl.Padding.SAME if same else tfl.Padding.VALID
+    opts.strideH = opts.strideW = s
+    opts.dilationHFactor = opts.dilationWFactor = d
+    if dw:
+        opts.depthMultiplier = 1
+    op(tfl.BuiltinOperator.DEPTHWISE_CONV_2D if dw else tfl.BuiltinOperator.CONV_2D, [cur, wt, tensor([cout], np.zeros(cout))],
+       [y], tfl.BuiltinOptions.DepthwiseConv2DOptions if dw else tfl.BuiltinOptions.Conv2DOptions, opts)  # fmt: skip
+    out = y
+    if act:
+        sg, out = tensor([batch, ho, wo, cout]), tensor([batch, ho, wo, cout])
+        op(tfl.BuiltinOperator.LOGISTIC, [y], [sg])
+        op(tfl.BuiltinOperator.MUL, [y, sg], [out], tfl.BuiltinOptions.MulOptions, tfl.MulOptionsT())
+    graph = tfl.SubGraphT()
+    graph.tensors, graph.operators = tensors, ops
+    graph.inputs, graph.outputs = np.array([x], np.int32), np.array([out], np.int32)
+    model.version, model.subgraphs, model.buffers, model.operatorCodes = 3, [graph], buffers, codes
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _litert_runner(sig: tuple, rt: Runtime) -> Callable[[], Any]:
     from ai_edge_litert.interpreter import Interpreter
 
-    names = {f"c{i}": sig for i, sig in enumerate(sigs)}
-    chain = None
-    for name, sig in names.items():
-        chain = (litert_torch if chain is None else chain).signature(name, _Conv(sig).eval(), (_input(sig),))
-    file = folder / "convs.tflite"
-    chain.convert().export(str(file))
-    interpreter = Interpreter(str(file), **({"num_threads": rt.threads} if rt.threads else {}))
-    out = {}
-    for name, sig in names.items():
-        runner = interpreter.get_signature_runner(name)
-        key = next(iter(runner.get_input_details()))
-        x = _input(sig).numpy()
-        out[sig] = lambda r=runner, k=key, x=x: r(**{k: x})
-    return out
+    interpreter = Interpreter(model_content=_tflite_conv(sig), **({"num_threads": rt.threads} if rt.threads else {}))
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp["index"], np.random.rand(*inp["shape"]).astype(np.float32))
+    return interpreter.invoke
 
 
 def _executorch_runners(sigs: list[tuple], rt: Runtime, folder: Path) -> dict[tuple, Callable[[], Any]]:
@@ -183,10 +244,9 @@ def time_convs(sigs: Iterable[tuple], rt: Runtime) -> Iterator[tuple[tuple, floa
     sigs = list(sigs)
     with tempfile.TemporaryDirectory(prefix="yolo-prune-conv-") as tmp:
         folder = Path(tmp)
-        if rt.name in ("litert", "executorch"):
-            build = _litert_runners if rt.name == "litert" else _executorch_runners
+        if rt.name == "executorch":
             for i in range(0, len(sigs), CHUNK):
-                runners = build(sigs[i : i + CHUNK], rt, folder)
+                runners = _executorch_runners(sigs[i : i + CHUNK], rt, folder)
                 for sig in sigs[i : i + CHUNK]:
                     yield sig, _median_ms(runners[sig])
             return
@@ -197,6 +257,8 @@ def time_convs(sigs: Iterable[tuple], rt: Runtime) -> Iterator[tuple[tuple, floa
                 fn = _ncnn_runner(sig, rt, folder)
             elif rt.name == "mnn":
                 fn = _mnn_runner(sig, rt, folder)
+            elif rt.name == "litert":
+                fn = _litert_runner(sig, rt)
             else:
                 fn = onnx_runner(_conv_onnx(sig), rt)
             yield sig, _median_ms(fn)
