@@ -101,14 +101,15 @@ def _ncnn_runner(sig: tuple, rt: Runtime, folder: Path) -> Callable[[], Any]:
         net.opt.num_threads = rt.threads
     net.load_param(str(param))
     net.load_model(str(weights))
-    x = ncnn.Mat(_input(sig)[0].numpy())
+    arr = np.ascontiguousarray(_input(sig)[0].numpy())
+    x = ncnn.Mat(arr)  # points into arr's memory (no copy): arr must outlive it, or ncnn reads freed memory
 
     def run():
         with net.create_extractor() as ex:
             ex.input("x", x)
             ex.extract("y")
 
-    run.net = net  # keeps the net alive with the callable
+    run.keep = (net, arr, x)  # alive as long as the callable
     return run
 
 
