@@ -143,8 +143,15 @@ def _ultralytics(file: Path, fmt: str, threads: int | None) -> Session:
     cls = {"ncnn": backends.NCNNBackend, "litert": backends.LiteRTBackend,
            "executorch": backends.ExecuTorchBackend, "mnn": backends.MNNBackend}[fmt]  # fmt: skip
     b = cls(str(file), torch.device("cpu"))
-    if threads and fmt == "ncnn":
-        b.net.opt.num_threads = threads  # read by every extractor the backend creates
+    if threads and fmt == "ncnn":  # reloaded: NCNN's gemm convs keep the thread count they were loaded with
+        import ncnn
+
+        param = next(file.glob("*.param")) if file.is_dir() else file
+        b.net = ncnn.Net()
+        b.net.opt.use_vulkan_compute = False
+        b.net.opt.num_threads = threads
+        b.net.load_param(str(param))
+        b.net.load_model(str(Path(param).with_suffix(".bin")))
     elif threads and fmt == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
