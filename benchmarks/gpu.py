@@ -132,7 +132,7 @@ def main() -> None:
             ms = time_tensorrt(b["nets"], args.imgsz, args.device, args.runs, Path(tmp))
         rows.append({"model": model, "runtime": "tensorrt-fp16", "batch": 1, "ms": ms,
                      "speedup": {k: round(ms["base"] / v, 3) for k, v in ms.items()}, "gflops": b["gflops"]})  # fmt: skip
-    device = torch.cuda.get_device_name(0) if args.device != "cpu" else "cpu"
+    device = torch.cuda.get_device_name(int(args.device)) if args.device != "cpu" else "cpu"
     out = {**header(), "device": device, "imgsz": args.imgsz, "runs": args.runs, "rows": rows, "skipped": skipped,
            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     names = variants(args.latency)

@@ -26,6 +26,7 @@ EXPORT_NEEDS = {
     "pb": (("tensorflow",), "tensorflow"),
     "edgetpu": (("tensorflow",), "tensorflow and the Edge TPU compiler"),
     "litert": (("litert_torch", "ai_edge_litert"), EDGE),
+    "litert-int8": (("ai_edge_quantizer",), EDGE),  # LiteRT's INT8 quantization (quantize=8, w8a16, w8a32)
     "paddle": (("paddle",), "paddlepaddle"),
     "mnn": (("MNN",), EDGE),
     "ncnn": (("ncnn", "pnnx"), EDGE),
@@ -72,11 +73,26 @@ def check_imgsz(key: str, v: Any) -> None:
         raise PruneError(f"{key}={v!r} is invalid; accepted: a positive integer (e.g. 640) or [height, width]")
 
 
+# the aliases Ultralytics' exporter maps (ultralytics/engine/exporter.py), where this release has the format they name
+FORMAT_ALIASES = {"tensorrt": "engine", "trt": "engine", "mlpackage": "coreml", "mlprogram": "coreml",
+                  "apple": "coreml", "ios": "coreml", "tflite": "litert", "tfjs": "litert"}  # fmt: skip
+
+
+def canonical_format(fmt: Any) -> str:
+    """``fmt`` in the exporter's own spelling: lower case, aliases mapped (``tflite`` -> ``litert``, ``trt`` ->
+    ``engine``, ...) where this Ultralytics release has the format they name."""
+    from ultralytics.engine.exporter import export_formats
+
+    name = str(fmt).strip().lower()
+    accepted = export_formats()["Argument"]
+    return FORMAT_ALIASES[name] if name not in accepted and FORMAT_ALIASES.get(name) in accepted else name
+
+
 def check_export_format(fmt: Any) -> str:
     """The export ``format`` (Ultralytics' spelling), valid and with its runtime's packages installed."""
     from ultralytics.engine.exporter import export_formats
 
-    name = str(fmt).lower()
+    name = canonical_format(fmt)
     accepted = [a for a in export_formats()["Argument"] if a != "-"]
     if name not in accepted:
         raise PruneError(f"format={fmt!r} is invalid; accepted: {', '.join(accepted)}")

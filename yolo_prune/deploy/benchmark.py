@@ -109,7 +109,10 @@ def check_formats(formats) -> list[str]:
     Raises:
         PruneError: A format yolo-prune cannot time, or one whose runtime is not installed.
     """
+    from ..inputs import canonical_format
+
     formats = formats.split(",") if isinstance(formats, str) else list(formats)
+    formats = list(dict.fromkeys(canonical_format(f) for f in formats if str(f).strip()))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise PruneError(f"formats={','.join(formats)} is invalid; accepted: {', '.join(FORMATS)} (comma-separated)")

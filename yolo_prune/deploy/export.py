@@ -21,6 +21,7 @@ from ..cfg import PruneError
 from ..checkpoint import load_model
 from ..datasets import make_image, resolve_data
 from ..engine.backends import FORMATS, check_backend, load_session, no_runtime_installs, precision_found
+from ..inputs import canonical_format, check_installed
 from ..support import has, require
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
@@ -77,10 +78,19 @@ def input_hw(exported: str | Path, fmt: str) -> tuple[int, int] | None:
     return (hw[0], hw[1]) if len(hw) == 2 and None not in hw else None
 
 
-def _reference_model(weights: str | Path, nms: bool | None):
+NO_TOPK = {"rknn", "ncnn", "executorch", "paddle", "imx", "edgetpu", "qnn"}  # Exporter: no end2end branch here
+
+
+def keeps_end2end(fmt: str, nms: bool | None, quantize: int | str = 32) -> bool:
+    """Whether Ultralytics' exporter keeps YOLO26's NMS-free one-to-one head: only with ``nms=False``, and not for
+    formats without top-k, nor for LiteRT with static INT8 (ultralytics/engine/exporter.py)."""
+    return nms is False and fmt not in NO_TOPK and not (fmt == "litert" and quantize in {8, "w8a16"})
+
+
+def _reference_model(weights: str | Path, e2e: bool):
     model = load_model(weights).model.float().eval()
     if hasattr(model, "end2end"):
-        model.end2end = nms is False  # as Exporter does: the NMS-free one-to-one head only with nms=False
+        model.end2end = e2e  # as Exporter configures it (see keeps_end2end)
     for m in model.modules():
         if hasattr(m, "export"):
             m.export = True  # heads return the single tensor that exported graphs return
@@ -150,6 +160,7 @@ def parity(
     imgsz: int | tuple[int, int] | None = None,
     nms: bool | None = None,
     data: str | None = None,
+    quantize: int | str = 32,
 ) -> dict[str, float]:
     """Max and mean abs difference between the checkpoint and its export on one real image, over every output.
 
@@ -166,9 +177,10 @@ def parity(
     batch = shape[0]
     if batch and batch > 1:  # a static batch: the same image in every slot
         x = x.repeat(batch, 1, 1, 1)
-    model = _reference_model(weights, nms)
+    e2e = keeps_end2end(fmt, nms, quantize)
+    model = _reference_model(weights, e2e)
     refs = _reference_outputs(model, x)
-    one2one = nms is False and hasattr(model.model[-1], "one2one_cv2")  # YOLO26 NMS-free: (B, max_det, 6 + extras)
+    one2one = e2e and hasattr(model.model[-1], "one2one_cv2")  # YOLO26 NMS-free: (B, max_det, 6 + extras)
     outs = session.run(x)
     if len(outs) < len(refs):
         raise ParityError(f"{fmt} export has {len(outs)} outputs, PyTorch {len(refs)}")
@@ -198,6 +210,8 @@ def _check_format(fmt: str, quantize: int | str):
         PruneError: The runtime is not installed, or the format does not export that precision.
     """
     backend = check_backend(fmt) if fmt in FORMATS else None
+    if fmt == "litert" and quantize in {8, "w8a16", "w8a32"}:
+        check_installed("litert-int8", "quantize", str(quantize))
     if backend and quantize != 32 and quantize in TOLERANCE and quantize not in backend.quantize:
         raise PruneError(
             f"quantize={quantize} is not a precision format={fmt} exports; accepted: "
@@ -224,7 +238,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
     warning that says why.
     """
     quantize = canonical_quantize(kwargs)
-    format = str(format).lower()  # the exporter's own spelling rule
+    format = canonical_format(format)  # the exporter's own spelling rule and aliases
     backend = _check_format(format, quantize)  # before anything is written
     yolo = load_model(weights)  # a distillation checkpoint exports its student
     if getattr(yolo.model.model[-1], "one2one_cv2", None) is not None:  # parity follows today's YOLO26 export rule
@@ -260,7 +274,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         )
     args = yolo.model.args if isinstance(yolo.model.args, dict) else {}
     imgsz = kwargs.get("imgsz") or args.get("imgsz")  # for dynamic graphs: what Model.export exported at
-    diff = parity(weights, file, format, imgsz, kwargs.get("nms"), kwargs.get("data"))
+    diff = parity(weights, file, format, imgsz, kwargs.get("nms"), kwargs.get("data"), quantize)
     stat, tol = TOLERANCE[quantize]
     result.update(max_abs_diff=diff["max"], mean_abs_diff=diff["mean"], criterion=f"{stat} <= {tol:g}")
     ok = diff[stat] <= tol

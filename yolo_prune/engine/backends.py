@@ -39,12 +39,19 @@ class Backend:
 
     @property
     def version(self) -> str:
+        """The runtime's version (its module's ``__version__``; onnxruntime-gpu and the like install ``onnxruntime``)."""
+        import importlib
         from importlib.metadata import PackageNotFoundError, version
 
+        module = {"onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn", "litert": "ai_edge_litert",
+                  "executorch": "executorch", "mnn": "MNN"}[self.name]  # fmt: skip
         try:
-            return version(self.dist)
-        except PackageNotFoundError:
-            return "?"
+            return str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
+            try:
+                return version(self.dist)
+            except PackageNotFoundError:
+                return "?"
 
 
 BACKENDS: dict[str, Backend] = {
@@ -75,18 +82,70 @@ def check_backend(fmt: str, key: str = "format") -> Backend:
 
 @contextmanager
 def no_runtime_installs():
-    """Point pip at no index while a converter runs: MNN's converter runs ``pip install aliyun-log-python-sdk`` (a
-    telemetry client) when it cannot import it, and that package's ``protobuf<6`` pin breaks onnx>=1.18 in the same
-    environment (seen on MNN 3.6.1). Without an index the install fails at once and the converter goes on without it."""
-    saved = os.environ.get("PIP_NO_INDEX")
-    os.environ["PIP_NO_INDEX"] = "1"
+    """No package installs while an exporter or backend runs: Ultralytics' ``check_requirements`` installs what it
+    finds missing or too old (off: ``AUTOINSTALL``, read when it is called), and MNN's converter runs
+    ``pip install aliyun-log-python-sdk`` (a telemetry client) when it cannot import it, whose ``protobuf<6`` pin
+    breaks onnx>=1.18 in the same environment (seen with MNN 3.6.1), so pip and uv are pointed at no index too: the
+    install fails at once and the converter goes on without it."""
+    from ultralytics.utils import checks
+
+    env = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_auto = checks.AUTOINSTALL
+    os.environ.update(env)
+    checks.AUTOINSTALL = False
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("PIP_NO_INDEX", None)
-        else:
-            os.environ["PIP_NO_INDEX"] = saved
+        checks.AUTOINSTALL = saved_auto
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def runtime_options(name: str, threads: int | None, exact: bool = False) -> dict:
+    """Threads and precision one runtime runs with, the same for a whole model and for one conv of its latency table:
+    ``threads`` or the default Ultralytics' backend gives it (LiteRT: Ultralytics' NUM_THREADS; MNN: half the cores;
+    NCNN, ExecuTorch: their own), and with ``exact`` fp32 arithmetic (NCNN and MNN may compute in fp16)."""
+    from ultralytics.utils import NUM_THREADS
+
+    default = {"litert": NUM_THREADS, "mnn": (os.cpu_count() + 1) // 2}.get(name)
+    return {"threads": threads or default, "exact": exact, "mnn_precision": "high" if exact else "low"}
+
+
+def ncnn_net(param: Path, threads: int | None, exact: bool = False):
+    """An NCNN net with its options set before loading (its gemm convs keep the thread count they were loaded with)."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    if threads:
+        net.opt.num_threads = threads
+    if exact:
+        net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.load_param(str(param))
+    net.load_model(str(Path(param).with_suffix(".bin")))
+    return net
+
+
+def mnn_module(file: Path, threads: int, precision: str, inputs=(), outputs=()):
+    """An MNN module on the CPU with ``threads`` and ``precision``, as Ultralytics' backend loads it."""
+    from ultralytics.utils.files import import_execstack
+
+    mnn = import_execstack("MNN", "_mnncengine*.so", "_tools*.so")
+    config = {"precision": precision, "backend": "CPU", "numThread": threads}
+    rt = mnn.nn.create_runtime_manager((config,))
+    return mnn.nn.load_module_from_file(str(file), list(inputs), list(outputs), runtime_manager=rt, rearrange=True)
+
+
+def reset_executorch_threads(threads: int | None) -> None:
+    """ExecuTorch's XNNPACK uses one process-wide thread pool, which a loaded method holds: set it before loading."""
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(threads)
 
 
 # --- sessions: an export loaded on its runtime -----------------------------------------------------------------------
@@ -136,36 +195,27 @@ def _openvino(folder: Path, threads: int | None, exact: bool) -> Session:
     return Session(run, [d.get_length() if d.is_static else None for d in shape])
 
 
-def _ultralytics(file: Path, fmt: str, threads: int | None) -> Session:
-    """NCNN, LiteRT, ExecuTorch and MNN through Ultralytics' inference backend for the format."""
+def _ultralytics(file: Path, fmt: str, threads: int | None, exact: bool) -> Session:
+    """NCNN, LiteRT, ExecuTorch and MNN through Ultralytics' inference backend for the format, with the runtime
+    underneath rebuilt on :func:`runtime_options` (the backends fix threads and precision themselves)."""
     from ultralytics.nn import backends
 
+    opts = runtime_options(fmt, threads, exact)
     cls = {"ncnn": backends.NCNNBackend, "litert": backends.LiteRTBackend,
            "executorch": backends.ExecuTorchBackend, "mnn": backends.MNNBackend}[fmt]  # fmt: skip
-    b = cls(str(file), torch.device("cpu"))
-    if threads and fmt == "ncnn":  # reloaded: NCNN's gemm convs keep the thread count they were loaded with
-        import ncnn
-
-        param = next(file.glob("*.param")) if file.is_dir() else file
-        b.net = ncnn.Net()
-        b.net.opt.use_vulkan_compute = False
-        b.net.opt.num_threads = threads
-        b.net.load_param(str(param))
-        b.net.load_model(str(Path(param).with_suffix(".bin")))
-    elif threads and fmt == "litert":
+    if fmt == "executorch":
+        reset_executorch_threads(opts["threads"])
+    with no_runtime_installs():
+        b = cls(str(file), torch.device("cpu"))
+    if fmt == "ncnn":
+        b.net = ncnn_net(next(file.glob("*.param")) if file.is_dir() else file, opts["threads"], exact)
+    elif fmt == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
-        b.interpreter = Interpreter(str(file), num_threads=threads)
+        b.interpreter = Interpreter(str(file), num_threads=opts["threads"])
         b.interpreter.allocate_tensors()
-    elif threads and fmt == "executorch":
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-        _unsafe_reset_threadpool(threads)  # XNNPACK's one process-wide pool
-    elif threads and fmt == "mnn":
-        import MNN
-
-        rt = MNN.nn.create_runtime_manager(({"precision": "normal", "backend": "CPU", "numThread": threads},))
-        b.net = MNN.nn.load_module_from_file(str(file), [], [], runtime_manager=rt, rearrange=True)
+    elif fmt == "mnn":
+        b.net = mnn_module(file, opts["threads"], opts["mnn_precision"])
     meta = b.metadata or {}
     imgsz = meta.get("imgsz") or [None, None]
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz)
@@ -197,7 +247,7 @@ def load_session(exported: str | Path, fmt: str, threads: int | None = None, exa
         return _onnx(file, threads, exact)
     if fmt == "openvino":
         return _openvino(file, threads, exact)
-    return _ultralytics(file, fmt, threads)
+    return _ultralytics(file, fmt, threads, exact)
 
 
 # --- what an export holds --------------------------------------------------------------------------------------------

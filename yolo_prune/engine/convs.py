@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends import no_runtime_installs
+from .backends import mnn_module, ncnn_net, no_runtime_installs, reset_executorch_threads, runtime_options
 from .runtime import Runtime, _median_ms, onnx_runner, torch_runner
 
 CHUNK = 32  # convs per ExecuTorch program (lowering one costs seconds)
@@ -95,12 +95,7 @@ def _ncnn_runner(sig: tuple, rt: Runtime, folder: Path) -> Callable[[], Any]:
     param.write_text("\n".join(lines) + "\n")
     wt = np.random.default_rng(0).standard_normal(count).astype(np.float32) * 0.05
     weights.write_bytes(struct.pack("<I", 0) + wt.tobytes() + np.zeros(cout, np.float32).tobytes())  # tag 0: fp32
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    if rt.threads:
-        net.opt.num_threads = rt.threads
-    net.load_param(str(param))
-    net.load_model(str(weights))
+    net = ncnn_net(param, runtime_options("ncnn", rt.threads)["threads"])
     arr = np.ascontiguousarray(_input(sig)[0].numpy())
     x = ncnn.Mat(arr)  # points into arr's memory (no copy): arr must outlive it, or ncnn reads freed memory
 
@@ -122,8 +117,8 @@ def _mnn_runner(sig: tuple, rt: Runtime, folder: Path) -> Callable[[], Any]:
     src, dst = folder / "conv.onnx", folder / "conv.mnn"
     src.write_bytes(_conv_onnx(sig))
     mnnconvert.convert(["", "-f", "ONNX", "--modelFile", str(src), "--MNNModel", str(dst), "--bizCode", "conv"])
-    config = {"precision": "normal", "backend": "CPU", "numThread": rt.threads or 4}
-    net = mnn.nn.load_module_from_file(str(dst), [], [], runtime_manager=mnn.nn.create_runtime_manager((config,)))
+    opts = runtime_options("mnn", rt.threads)
+    net = mnn_module(dst, opts["threads"], opts["mnn_precision"])
     x = _input(sig)
     var = mnn.expr.const(x.data_ptr(), x.shape)  # points into x's memory
 
@@ -143,7 +138,7 @@ def _tflite_conv(sig: tuple) -> bytes:
     from ai_edge_litert import schema_py_generated as tfl
 
     cin, cout, k, s, p, g, d, h, w, act, batch = sig
-    dw = g > 1
+    dw = g > 1 and g == cin == cout  # DEPTHWISE_CONV_2D; other grouped convs are a CONV_2D with cin // g inputs
     model, codes, buffers, tensors, ops = tfl.ModelT(), [], [tfl.BufferT()], [], []
 
     def tensor(shape, data=None) -> int:
@@ -208,7 +203,7 @@ def _tflite_conv(sig: tuple) -> bytes:
 def _litert_runner(sig: tuple, rt: Runtime) -> Callable[[], Any]:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=_tflite_conv(sig), **({"num_threads": rt.threads} if rt.threads else {}))
+    interpreter = Interpreter(model_content=_tflite_conv(sig), num_threads=runtime_options("litert", rt.threads)["threads"])
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     interpreter.set_tensor(inp["index"], np.random.rand(*inp["shape"]).astype(np.float32))
@@ -218,15 +213,13 @@ def _litert_runner(sig: tuple, rt: Runtime) -> Callable[[], Any]:
 def _executorch_runners(sigs: list[tuple], rt: Runtime, folder: Path) -> dict[tuple, Callable[[], Any]]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime as ETRuntime
 
     names = {f"c{i}": sig for i, sig in enumerate(sigs)}
     programs = {n: torch.export.export(_Conv(sig).eval(), (_input(sig),)) for n, sig in names.items()}
-    file = folder / "convs.pte"
+    file = folder / f"convs{len(list(folder.glob('*.pte')))}.pte"  # the previous chunk's program may map its file
     file.write_bytes(to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
-    if rt.threads:
-        _unsafe_reset_threadpool(rt.threads)
+    reset_executorch_threads(rt.threads)
     program = ETRuntime.get().load_program(str(file))
     out = {}
     for name, sig in names.items():
@@ -277,7 +270,7 @@ def call_overhead_ms(rt: Runtime) -> float:
     if rt.name == "torch":
         return _median_ms(torch_runner(nn.Identity(), (1, 16), rt), runs=50)
     if rt.name not in ("onnxruntime", "openvino"):
-        return min(time_conv(TINY, rt) for _ in range(3))
+        return time_conv(TINY, rt)
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-
 import torch.nn as nn
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
@@ -278,22 +277,22 @@ def _measured(model, rt: Runtime, pruner: ChannelPruner, cost: LatencyCost, plan
     """
     want = target / cost.base  # the measured ratio pruned / unpruned to reach
     aim, best, runners = target, None, {}
-    for _ in range(MAX_AIMS):
+    for attempt in range(MAX_AIMS):
         runners.pop("pruned", None)  # the unpruned model's export is reused across re-aims
         pruned = apply_plan(copy.deepcopy(model), plan)
         ratios, times = [], []
-        while len(ratios) < MEASURE_ROUNDS:
+        for _ in range(MEASURE_ROUNDS):
             ms = measure_models({"base": model, "pruned": pruned}, rt, runners=runners)
             ratios.append(ms["pruned"] / ms["base"])
             times.append(ms)
-            ratio = float(np.median(ratios))
-            doubtful = abs(ratios[0] - pred / cost.base) > MEASURE_TOLERANCE or abs(ratio - want) > MEASURE_TOLERANCE
-            if not doubtful:
-                break
+            first = ratios[0]
+            if abs(first - pred / cost.base) <= MEASURE_TOLERANCE and abs(first - want) <= MEASURE_TOLERANCE:
+                break  # agrees with the prediction and meets the target: one timing is enough
+        ratio = float(np.median(ratios))  # of 1 or all 3 timings (an odd count: a timing that really happened)
         i = int(np.argsort(ratios)[len(ratios) // 2])  # the round whose ratio is the median: its milliseconds
         if best is None or abs(ratio - want) < abs(best[1] - want):
             best = (plan, ratio, times[i], pred, ratios)
-        if abs(ratio - want) <= MEASURE_TOLERANCE:
+        if abs(ratio - want) <= MEASURE_TOLERANCE or attempt == MAX_AIMS - 1:
             break
         aim *= (want / ratio) ** REAIM_STEP  # the prediction was off by this much here: go part of the way
         removed, pred = solve(aim)
