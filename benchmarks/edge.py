@@ -59,6 +59,25 @@ def independent(base_file: str, pruned_file: str, fmt: str, imgsz: int, runs: in
             "speedup": round(float(np.median(speedups)), 3), "speedups": [round(s, 3) for s in speedups]}  # fmt: skip
 
 
+def write(rows: list[dict], args, t0: float) -> None:
+    """results/<name>.{json,md} with the rows so far (rewritten after every row: a stopped run keeps what it measured)."""
+    out = {**header(), "threads": 1, "batch": 1, "repeats": REPEATS, "runs": args.runs, "rows": rows,
+           "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    body = [f"Batch 1, 1 thread, models from the yamls (seed 0). Independent timing: both exports loaded fresh, "
+            f"interleaved, {REPEATS} repeats of {args.runs} runs; speed-up = median of the repeats (range in "
+            f"brackets); realization = speed-up / GFLOPs ratio; loop = the speed-up prune_latency's own closed loop "
+            f"reported.", "",
+            "| model | imgsz | runtime | target | GFLOPs kept | ms before -> after | speed-up [range] | realization "
+            "| loop |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        loop = f"{r['loop_speedup']:.2f}x" if r.get("loop_speedup") else ""
+        body.append(f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {r['target']} | {r['gflops_kept']:.2f} | "
+                    f"{r['base_ms']:.1f} -> {r['pruned_ms']:.1f} | **{r['speedup']:.2f}x** "
+                    f"[{min(r['speedups']):.2f}-{max(r['speedups']):.2f}] | {r['realization']:.2f} | {loop} |")  # fmt: skip
+    body.append(f"\nTook {out['seconds']:.0f} s.")
+    save(args.name, out, body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="yolo11n,yolo26n")
@@ -114,21 +133,7 @@ def main() -> None:
                                        table_shapes_timed=loop.get("table_shapes_timed"))  # fmt: skip
                         rows.append(row)
                         print(row, flush=True)
-    out = {**header(), "threads": 1, "batch": 1, "repeats": REPEATS, "runs": args.runs, "rows": rows,
-           "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    body = [f"Batch 1, 1 thread, models from the yamls (seed 0). Independent timing: both exports loaded fresh, "
-            f"interleaved, {REPEATS} repeats of {args.runs} runs; speed-up = median of the repeats (range in "
-            f"brackets); realization = speed-up / GFLOPs ratio; loop = the speed-up prune_latency's own closed loop "
-            f"reported.", "",
-            "| model | imgsz | runtime | target | GFLOPs kept | ms before -> after | speed-up [range] | realization "
-            "| loop |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        loop = f"{r['loop_speedup']:.2f}x" if r.get("loop_speedup") else ""
-        body.append(f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {r['target']} | {r['gflops_kept']:.2f} | "
-                    f"{r['base_ms']:.1f} -> {r['pruned_ms']:.1f} | **{r['speedup']:.2f}x** "
-                    f"[{min(r['speedups']):.2f}-{max(r['speedups']):.2f}] | {r['realization']:.2f} | {loop} |")  # fmt: skip
-    body.append(f"\nTook {out['seconds']:.0f} s.")
-    save(args.name, out, body)
+                        write(rows, args, t0)
 
 
 if __name__ == "__main__":

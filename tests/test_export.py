@@ -148,7 +148,7 @@ def test_benchmark_cli_writes_table_csv_json_png(tmp_path):
         assert res["summary"][f"{fmt}_speedup"] > 0 and f"{fmt} ms" in (r.stdout + r.stderr)
         assert 0 <= res["rows"]["pruned"][f"{fmt}_map50_95"] <= 1
         assert f"{fmt} mAP50-95" in (out / "benchmark.csv").read_text()
-    bad = run_cli("benchmark", f"model={pt}", f"base={base}", "formats=onnx,tflite", f"project={tmp_path}/c")
+    bad = run_cli("benchmark", f"model={pt}", f"base={base}", "formats=onnx,engine", f"project={tmp_path}/c")
     assert bad.returncode == 2 and "formats" in bad.stderr and not (tmp_path / "c").exists()
 
 

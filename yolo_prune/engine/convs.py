@@ -130,6 +130,46 @@ def _mnn_runner(sig: tuple, rt: Runtime, folder: Path) -> Callable[[], Any]:
     return run
 
 
+class _TFLGraph:
+    """A LiteRT graph being written: tensors (with constant buffers) and ops, serialized as one subgraph."""
+
+    def __init__(self, tfl):
+        self.tfl, self.codes, self.buffers, self.tensors, self.ops = tfl, [], [tfl.BufferT()], [], []
+
+    def tensor(self, shape, data=None) -> int:
+        t = self.tfl.TensorT()
+        t.shape, t.type, t.buffer = np.array(shape, np.int32), self.tfl.TensorType.FLOAT32, 0
+        t.name = f"t{len(self.tensors)}"
+        if data is not None:
+            b = self.tfl.BufferT()
+            b.data = np.frombuffer(data.astype(np.float32).tobytes(), np.uint8)
+            self.buffers.append(b)
+            t.buffer = len(self.buffers) - 1
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def op(self, code: int, inputs: list[int], outputs: list[int], kind=None, options=None) -> None:
+        if code not in [c.builtinCode for c in self.codes]:
+            c = self.tfl.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            self.codes.append(c)
+        o = self.tfl.OperatorT()
+        o.opcodeIndex = [c.builtinCode for c in self.codes].index(code)
+        o.inputs, o.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        if kind is not None:
+            o.builtinOptionsType, o.builtinOptions = kind, options
+        self.ops.append(o)
+
+    def serialize(self, x: int, out: int, flatbuffers) -> bytes:
+        graph, model = self.tfl.SubGraphT(), self.tfl.ModelT()
+        graph.tensors, graph.operators = self.tensors, self.ops
+        graph.inputs, graph.outputs = np.array([x], np.int32), np.array([out], np.int32)
+        model.version, model.subgraphs, model.buffers, model.operatorCodes = 3, [graph], self.buffers, self.codes
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
 def _tflite_conv(sig: tuple) -> bytes:
     """A one-conv LiteRT model (NHWC ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` + bias, then SiLU as ``LOGISTIC`` and ``MUL``
     if ``act``), built with LiteRT's own flatbuffer schema: what litert-torch makes of a conv inside a model (its
@@ -139,31 +179,8 @@ def _tflite_conv(sig: tuple) -> bytes:
 
     cin, cout, k, s, p, g, d, h, w, act, batch = sig
     dw = g > 1 and g == cin == cout  # DEPTHWISE_CONV_2D; other grouped convs are a CONV_2D with cin // g inputs
-    model, codes, buffers, tensors, ops = tfl.ModelT(), [], [tfl.BufferT()], [], []
-
-    def tensor(shape, data=None) -> int:
-        t = tfl.TensorT()
-        t.shape, t.type, t.buffer, t.name = np.array(shape, np.int32), tfl.TensorType.FLOAT32, 0, f"t{len(tensors)}"
-        if data is not None:
-            b = tfl.BufferT()
-            b.data = np.frombuffer(data.astype(np.float32).tobytes(), np.uint8)
-            buffers.append(b)
-            t.buffer = len(buffers) - 1
-        tensors.append(t)
-        return len(tensors) - 1
-
-    def op(code: int, inputs: list[int], outputs: list[int], kind=None, options=None) -> None:
-        if code not in [c.builtinCode for c in codes]:
-            c = tfl.OperatorCodeT()
-            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
-            codes.append(c)
-        o = tfl.OperatorT()
-        o.opcodeIndex = [c.builtinCode for c in codes].index(code)
-        o.inputs, o.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
-        if kind is not None:
-            o.builtinOptionsType, o.builtinOptions = kind, options
-        ops.append(o)
-
+    graph = _TFLGraph(tfl)
+    tensor, op, tensors = graph.tensor, graph.op, graph.tensors
     rng = np.random.default_rng(0)
     x = cur = tensor([batch, h, w, cin])
     if p and p != d * (k - 1) // 2:  # not what SAME pads: pad explicitly, then a VALID conv
@@ -191,13 +208,7 @@ def _tflite_conv(sig: tuple) -> bytes:
         sg, out = tensor([batch, ho, wo, cout]), tensor([batch, ho, wo, cout])
         op(tfl.BuiltinOperator.LOGISTIC, [y], [sg])
         op(tfl.BuiltinOperator.MUL, [y, sg], [out], tfl.BuiltinOptions.MulOptions, tfl.MulOptionsT())
-    graph = tfl.SubGraphT()
-    graph.tensors, graph.operators = tensors, ops
-    graph.inputs, graph.outputs = np.array([x], np.int32), np.array([out], np.int32)
-    model.version, model.subgraphs, model.buffers, model.operatorCodes = 3, [graph], buffers, codes
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return graph.serialize(x, out, flatbuffers)
 
 
 def _litert_runner(sig: tuple, rt: Runtime) -> Callable[[], Any]:
