@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import needs, run_cli
 from yolo_prune.cfg import PruneError
 from yolo_prune.deploy.export import TOLERANCE, export
 from yolo_prune.engine.backends import BACKENDS, check_backend, precision_found
@@ -14,6 +14,7 @@ from yolo_prune.engine.convs import time_convs
 from yolo_prune.engine.runtime import Runtime
 
 EDGE = ("ncnn", "litert", "executorch", "mnn")
+pytestmark = needs("edge runtimes")  # the refusal on earlier releases is tested in test_support.py
 
 
 def exports(fmt: str) -> bool:

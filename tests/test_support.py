@@ -45,6 +45,8 @@ def test_the_feature_table_matches_the_installed_release():
         assert importlib.util.find_spec("ultralytics.nn.distill_model") is not None and "distill_model" in DEFAULT_CFG_DICT
     assert has("quantize") == ("quantize" in DEFAULT_CFG_DICT)
     assert has("yolo26 export") == (DEFAULT_CFG_DICT["nms"] is None)  # 8.4.142: NMS-free only with nms=False
+    if has("edge runtimes"):
+        assert importlib.util.find_spec("ultralytics.nn.backends") is not None
     assert release("8.4.190") > release("8.4.164") > release("8.4.8") and release("8.4.190+cpu") == (8, 4, 190)
 
 
@@ -95,6 +97,16 @@ def test_yolo26_export_and_latency_need_their_release(tmp_path, older):
     got = one_line(run_cli("train", f"model={pt}", "prune_latency=0.3", "data=shapes-8", f"project={tmp_path}/t"))
     assert "prune_latency on a YOLO26 model needs ultralytics>=8.4.142" in got  # at the start, no run folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m26.pt"]
+
+
+def test_edge_runtimes_need_their_release(tmp_path, older):
+    older("8.4.164")
+    pt = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "m.pt", {"task": "detect", "imgsz": 64})
+    got = one_line(run_cli("export", f"model={pt}", "format=ncnn", cwd=tmp_path))
+    assert "format=ncnn needs ultralytics>=8.4.190" in got and "format=onnx|openvino" in got
+    got = one_line(run_cli("prune", f"model={pt}", "prune_latency=0.3", "prune_runtime=litert", f"project={tmp_path}/p"))
+    assert "prune_runtime=litert needs ultralytics>=8.4.190" in got
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
 def test_version_parsing():

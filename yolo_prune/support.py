@@ -25,6 +25,9 @@ FEATURES = {
     "yolo26 trace": "8.4.113",  # Detect detaches the one-to-one inputs in training only (before: in eval too)
     "yolo26 export": "8.4.142",  # YOLO26 exported NMS-free only with nms=False, and Detect.fuse keeping that branch
     "stopper resume": "8.4.172",  # a resumed run restores the early stopper's counter (before: it starts afresh)
+    # NCNN / LiteRT / ExecuTorch / MNN through ultralytics.nn.backends (absent in 8.4.8) and the litert-torch exporter
+    # (after 8.4.77): tested on 8.4.190 only so far, the earlier boundary not measured
+    "edge runtimes": "8.4.190",
 }
 # why a missing feature matters, and what to do instead on the installed release
 WHY = {
@@ -32,6 +35,8 @@ WHY = {
     "quantize": ("export's quantize= arrived in {first}", "half=True or int8=True on this release"),
     "yolo26 export": ("yolo-prune's parity check and latency timing follow the YOLO26 export rule of {first}",
                       "plain 'yolo export' (no parity check), or prune by GFLOPs (prune=)"),
+    "edge runtimes": ("yolo-prune's NCNN, LiteRT, ExecuTorch and MNN support is tested from {first}",
+                      "format=onnx|openvino, prune_runtime=onnxruntime|openvino"),
 }  # fmt: skip
 SUPPORTED = SUPPORTED_ULTRALYTICS.removeprefix("ultralytics")
 UPPER = ",".join(p for p in SUPPORTED.split(",") if p.startswith("<"))

@@ -24,6 +24,7 @@ import torch
 
 from ..cfg import RUNTIME_FORMATS
 from ..inputs import check_installed
+from ..support import require
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,10 @@ def check_backend(fmt: str, key: str = "format") -> Backend:
         PruneError: A module is missing; the line names the key, the module and the install that provides it.
     """
     b = FORMATS[fmt]
-    check_installed(fmt, key, b.name if key == "prune_runtime" else fmt)
+    value = b.name if key == "prune_runtime" else fmt
+    if fmt not in ("onnx", "openvino"):
+        require("edge runtimes", f"{key}={value}")
+    check_installed(fmt, key, value)
     return b
 
 
