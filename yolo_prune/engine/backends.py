@@ -116,7 +116,7 @@ def runtime_options(name: str, threads: int | None, exact: bool = False) -> dict
     from ultralytics.utils import NUM_THREADS
 
     default = {"litert": NUM_THREADS, "mnn": (os.cpu_count() + 1) // 2}.get(name)
-    return {"threads": threads or default, "exact": exact, "mnn_precision": "high" if exact else "low"}
+    return {"threads": threads or default, "mnn_precision": "high" if exact else "low"}
 
 
 def ncnn_net(param: Path, threads: int | None, exact: bool = False):
@@ -162,33 +162,37 @@ class Session:
     shape: list[int | None]
 
 
-def _onnx(file: Path, threads: int | None, exact: bool) -> Session:
-    import onnxruntime as ort
+def onnx_session(model: bytes | Path, fmt: str, threads: int | None = None, exact: bool = False) -> Session:
+    """An ONNX model (bytes or file; for ``fmt="openvino"`` also an export folder or .xml) on ONNX Runtime or
+    OpenVINO's CPU plugin. ``exact``: OpenVINO in f32 (on CPUs with AVX512-BF16/AMX it runs bf16 by default, max diff
+    ~0.04 on yolo11n: the runtime's choice, not the export's; parity checks what the exported graph computes)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    s = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
-    inp = s.get_inputs()[0]
-    dtype = np.float16 if "float16" in inp.type else np.float32
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        s = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                 providers=["CPUExecutionProvider"])  # fmt: skip
+        inp = s.get_inputs()[0]
+        dtype = np.float16 if "float16" in inp.type else np.float32
 
-    def run(x):
-        return [o.astype(np.float32) for o in s.run(None, {inp.name: x.numpy().astype(dtype)})]
+        def run(x):
+            out = s.run(None, {inp.name: x.numpy().astype(dtype, copy=False)})
+            return [o.astype(np.float32, copy=False) for o in out]
 
-    return Session(run, [d if isinstance(d, int) else None for d in inp.shape])
-
-
-def _openvino(folder: Path, threads: int | None, exact: bool) -> Session:
+        return Session(run, [d if isinstance(d, int) else None for d in inp.shape])
     import openvino as ov
 
     core = ov.Core()
     if threads:
         core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
-    # exact: f32 execution. On CPUs with AVX512-BF16/AMX OpenVINO runs in bf16 by default (max diff ~0.04 on yolo11n),
-    # which is the runtime's choice, not the export's; parity checks what the exported IR computes
+    if isinstance(model, bytes):
+        graph = core.read_model(model=model)
+    else:
+        graph = core.read_model(str(next(Path(model).glob("*.xml")) if Path(model).is_dir() else model))
     config = {"INFERENCE_PRECISION_HINT": "f32"} if exact else {"PERFORMANCE_HINT": "LATENCY"}
-    xml = next(folder.glob("*.xml")) if folder.is_dir() else folder
-    compiled = core.compile_model(str(xml), "CPU", config)
+    compiled = core.compile_model(graph, "CPU", config)
     request = compiled.create_infer_request()
 
     def run(x):
@@ -247,10 +251,8 @@ def load_session(exported: str | Path, fmt: str, threads: int | None = None, exa
     """
     check_backend(fmt)
     file = Path(exported)
-    if fmt == "onnx":
-        return _onnx(file, threads, exact)
-    if fmt == "openvino":
-        return _openvino(file, threads, exact)
+    if fmt in ("onnx", "openvino"):
+        return onnx_session(file, fmt, threads, exact)
     return _ultralytics(file, fmt, threads, exact)
 
 

@@ -23,7 +23,7 @@ from ultralytics.utils import LOGGER
 
 from ..cfg import RUNTIME_FORMATS, PruneError
 from ..checkpoint import save_checkpoint
-from .backends import check_backend, load_session, no_runtime_installs
+from .backends import check_backend, load_session, no_runtime_installs, onnx_session
 from .blocks import fold_model
 
 
@@ -77,28 +77,11 @@ def _median_ms(fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s:
 
 
 def onnx_runner(model: bytes | str, rt: Runtime) -> Callable[[], Any]:
-    """A callable running one inference of an ONNX model (bytes or path) on ``rt`` (ONNX Runtime or OpenVINO)."""
-    if rt.name == "onnxruntime":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if rt.threads:
-            so.intra_op_num_threads = rt.threads
-        s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        inp = s.get_inputs()[0]
-        x = np.random.rand(*[d if isinstance(d, int) else rt.batch for d in inp.shape]).astype(np.float32)
-        return lambda: s.run(None, {inp.name: x})
-    import openvino as ov
-
-    core = ov.Core()
-    if rt.threads:
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": rt.threads})
-    m = core.read_model(model=model) if isinstance(model, bytes) else core.read_model(str(model))
-    compiled = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-    shape = [d.get_length() if d.is_static else rt.batch for d in compiled.input(0).get_partial_shape()]
-    x = np.random.rand(*shape).astype(np.float32)
-    request = compiled.create_infer_request()
-    return lambda: request.infer({0: x})
+    """A callable running one inference of an ONNX model (bytes or path) on ``rt`` (ONNX Runtime or OpenVINO), on a
+    random input of the graph's shape (``rt.batch`` where the batch is dynamic)."""
+    session = onnx_session(model, RUNTIME_FORMATS[rt.name], rt.threads)
+    x = torch.rand(*[d or rt.batch for d in session.shape])
+    return lambda: session.run(x)
 
 
 def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Callable[[], Any]:
