@@ -69,6 +69,11 @@ def test_table_is_built_cached_and_reused(cold_cache):
     assert again.timed == 0 and again.times == table.times  # (the whole model is measured again: today's load)
     for rt in (Runtime("onnxruntime", "cpu", 2, 1, 192), Runtime("openvino", "cpu", 1, 1, 192)):
         assert LatencyTable(table.units, rt, 16).path != table.path  # other threads or runtime: another table
+    torch.manual_seed(0)
+    other = build_table(prepare_model(DetectionModel("yolo11n.yaml", nc=3, verbose=False)), RT, 16)
+    new = set(other.needed()) - set(table.times)  # 3 classes: only the class convs' shapes differ from 6 classes
+    assert other.path != table.path and 0 < len(new) < 20 and other.timed == len(new)  # the rest is borrowed
+    assert all(other.times[s] == table.times[s] for s in set(other.needed()) & set(table.times))
 
 
 def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):

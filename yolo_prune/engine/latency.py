@@ -10,7 +10,8 @@ L(full, full)``: two 1-D curves per conv instead of a grid, which keeps a yolo11
 cores. The two halves of a split C2f/C2PSA ``cv1`` run as one folded conv, so they are timed as one.
 
 The table is cached on disk under the dataset cache folder, keyed by runtime, device, threads, batch, imgsz and the
-model's conv shapes, so a second run on the same machine reuses it.
+model's conv shapes, so a second run on the same machine reuses it; a new model's table takes the conv shapes it shares
+with other models' tables on the same runtime and machine from them.
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ class LatencyTable:
             if saved.get("version") == TABLE_VERSION:
                 self.times = {tuple(json.loads(k)): v for k, v in saved["times"].items()}
         todo = [s for s in self.needed() if s not in self.times]
+        if todo:  # a conv shape another model's table on this runtime and machine timed is the same conv
+            self._borrow(todo)
+            todo = [s for s in todo if s not in self.times]
         t0 = time.perf_counter()
         desc = f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"
         for sig, ms in TQDM(time_convs(todo, self.rt), total=len(todo), desc=desc, disable=not todo):
@@ -200,16 +204,35 @@ class LatencyTable:
         self.fixed_ms = max(self.full_ms - convs, 0.0)  # isolated convs can sum to more than the model (overheads)
         if todo:
             data = {"version": TABLE_VERSION, **self.rt.key, "imgsz": self.rt.imgsz, "step": self.step}
+            data["shared"] = self._shared_key()
             times = {json.dumps(list(k)): v for k, v in self.times.items()}
             data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms)
             atomic_write_bytes(self.path, json.dumps(data).encode())
         LOGGER.info(
             f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
-            f"{len(self.needed()) - self.timed} from {self.path}) in {time.perf_counter() - t0:.1f}s: model "
+            f"{len(self.needed()) - self.timed} from {latency_cache_dir()}) in {time.perf_counter() - t0:.1f}s: model "
             f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
             f"{self.overhead_ms * 1000:.0f} us taken off each conv)"
         )
         return self
+
+    def _shared_key(self) -> dict:
+        return {**self.rt.key, "machine": machine_signature(self.rt)}
+
+    def _borrow(self, todo: list[tuple]) -> None:
+        """Take the times of ``todo`` signatures from the cached tables of other models timed on the same runtime,
+        threads, batch and machine (a signature holds the conv's whole shape, its input size included)."""
+        want, key = set(todo), self._shared_key()
+        for f in sorted(latency_cache_dir().glob("*.json")):
+            try:
+                saved = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue  # another process's table half-read, or not a table: time those shapes instead
+            if saved.get("version") != TABLE_VERSION or saved.get("shared") != key:
+                continue
+            for k, v in saved["times"].items():
+                if (sig := tuple(json.loads(k))) in want and sig not in self.times:
+                    self.times[sig] = v
 
     def _t(self, u: ConvUnit, cin: int, cout: int) -> float:
         sig = u.sig(cin, cout, self.rt.batch)
