@@ -51,12 +51,34 @@ def test_export_parity_on_each_edge_runtime(pruned, tmp_path, fmt, quantize):
     assert found == set() if quantize == 32 else quantize in found, (found, res)
 
 
-def test_quantize_a_format_does_not_export_is_refused_before_writing(pruned, tmp_path):
+REFUSED = [
+    ({"format": "ncnn", "quantize": 8}, r"^quantize=8 is not a precision format=ncnn exports; accepted: 32, 16$"),
+    ({"format": "ncnn", "dynamic": True}, r"^argument 'dynamic' is not supported for format='ncnn'; accepted for "
+     r"format=ncnn: batch, quantize$"),
+    ({"format": "executorch", "simplify": False}, r"'simplify' is not supported .*; accepted for format=executorch: batch$"),
+    # the exporter's own refusal of a key combination (a ValueError in Ultralytics), one line before any file
+    ({"format": "mnn", "dynamic": True, "nms": True}, r"^format=mnn: Ultralytics' exporter refused: Alibaba MNN export "
+     r"does not support combining 'dynamic=True' with 'nms=True'\.$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("keys,message", REFUSED, ids=[str(k) for k, _ in REFUSED])
+def test_what_a_format_does_not_take_is_refused_before_writing(pruned, tmp_path, keys, message):
     src = tmp_path / "m.pt"
     src.write_bytes(pruned.read_bytes())
-    with pytest.raises(PruneError, match=r"quantize=8 is not a precision format=ncnn exports; accepted: 32, 16"):
-        export(src, format="ncnn", imgsz=64, quantize=8)
+    with pytest.raises(PruneError, match=message):
+        export(src, imgsz=64, **keys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    r = run_cli("export", f"model={src}", "imgsz=64", *(f"{k}={v}" for k, v in keys.items()))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_data_gives_parity_its_image_on_a_format_whose_exporter_does_not_take_it(pruned, tmp_path):
+    src = tmp_path / "m.pt"
+    src.write_bytes(pruned.read_bytes())
+    res = export(src, format="ncnn", imgsz=64, data="shapes-8")  # Ultralytics' ncnn export refuses data=
+    assert 0 < res["max_abs_diff"] <= TOLERANCE[32][1], res
 
 
 def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, pruned, tmp_path):
@@ -90,14 +112,15 @@ def test_convs_time_on_each_edge_runtime(name):
 
 
 def test_benchmark_times_edge_formats(pruned, tmp_path):
-    r = run_cli("benchmark", f"model={pruned}", "base=yolo11n-shapes.pt", "formats=ncnn,mnn", "imgsz=64", "runs=5",
+    r = run_cli("benchmark", f"model={pruned}", "base=yolo11n-shapes.pt", "formats=ncnn,mnn,executorch", "imgsz=64",
+                "runs=5",
                 "threads=1", f"project={tmp_path}", "name=b")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "b" / "benchmark.json").read_text())
-    for fmt in ("ncnn", "mnn"):
+    for fmt in ("ncnn", "mnn", "executorch"):
         assert res["summary"][f"{fmt}_speedup"] > 0 and res["rows"]["pruned"][f"{fmt}_parity"] <= 1e-3
     names = sorted(p.name for p in (tmp_path / "b" / "pruned").iterdir())
-    assert any(n.endswith("_ncnn_model") for n in names) and any(n.endswith(".mnn") for n in names), names
+    assert all(any(n.endswith(end) for n in names) for end in ("_ncnn_model", ".mnn", "_executorch_model")), names
     assert res["threads"] == 1
 
 

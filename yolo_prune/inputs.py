@@ -100,6 +100,30 @@ def check_export_format(fmt: Any) -> str:
     return name
 
 
+def check_export_args(fmt: str, kwargs: dict[str, Any]) -> None:
+    """Raise one line for an export key ``fmt`` does not take, by Ultralytics' own rule (``validate_args`` on the
+    exporter's per-format Arguments), before anything is exported; ``data`` is left out: yolo-prune reads its parity
+    image from it whatever the format.
+
+    Raises:
+        PruneError: A key the format does not take, or a value Ultralytics' config refuses.
+    """
+    from ultralytics.cfg import get_cfg
+    from ultralytics.engine.exporter import export_formats, validate_args
+    from ultralytics.utils import DEFAULT_CFG
+
+    table = export_formats()
+    valid = dict(zip(table["Argument"], table["Arguments"])).get(fmt)
+    if valid is None:  # a format this release does not list: check_export_format refuses it
+        return
+    given = {k: v for k, v in kwargs.items() if k != "data"}
+    try:
+        validate_args(fmt, get_cfg(DEFAULT_CFG, {"batch": 1, "device": None, **given, "format": fmt}), valid)
+    except (AssertionError, TypeError, ValueError, SyntaxError) as e:
+        raise PruneError(f"{first_line(e).removeprefix('ERROR ').strip()}; accepted for format={fmt}: "
+                         f"{', '.join(k for k in valid if k != 'data') or 'imgsz only'}") from None  # fmt: skip
+
+
 def _ultralytics_resolves(name: str) -> bool:
     """Whether Ultralytics finds or downloads ``name`` itself: a URL, a yaml it ships (coco8.yaml), or a bare dataset
     name (a classification set such as mnist160, or a folder of its datasets directory)."""

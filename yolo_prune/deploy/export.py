@@ -21,7 +21,7 @@ from ..cfg import PruneError
 from ..checkpoint import load_model
 from ..datasets import make_image, resolve_data
 from ..engine.backends import FORMATS, check_backend, load_session, no_runtime_installs, precision_found
-from ..inputs import canonical_format, check_installed
+from ..inputs import canonical_format, check_export_args, check_installed, first_line
 from ..support import has, require
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
@@ -203,11 +203,12 @@ def onnx_parity(weights: str | Path, onnx_file: str | Path, imgsz: int = 640) ->
     return parity(weights, onnx_file, "onnx", imgsz)["max"]
 
 
-def _check_format(fmt: str, quantize: int | str):
-    """The runtime of ``fmt`` (None for a format checked nowhere here), installed, and exporting ``quantize``.
+def _check_format(fmt: str, quantize: int | str, kwargs: dict[str, Any]):
+    """The runtime of ``fmt`` (None for a format checked nowhere here), installed, exporting ``quantize`` and taking
+    the other export keys of ``kwargs``.
 
     Raises:
-        PruneError: The runtime is not installed, or the format does not export that precision.
+        PruneError: The runtime is not installed, the format does not export that precision, or it does not take a key.
     """
     backend = check_backend(fmt) if fmt in FORMATS else None
     if fmt == "litert" and quantize in {8, "w8a16", "w8a32"}:
@@ -217,6 +218,7 @@ def _check_format(fmt: str, quantize: int | str):
             f"quantize={quantize} is not a precision format={fmt} exports; accepted: "
             f"{', '.join(map(str, (32, *backend.quantize)))}"
         )
+    check_export_args(fmt, kwargs if has("quantize") else {k: v for k, v in kwargs.items() if k != "quantize"})
     return backend
 
 
@@ -228,18 +230,50 @@ def _takes_data(fmt: str) -> bool:
     return "data" in dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
 
 
-def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
-    """Export ``weights`` with Ultralytics' exporter and check parity; returns file, precision, diff and tolerance.
+def _no_parity(backend, format: str, quantize: int | str, nms: bool | None) -> str | None:
+    """Why parity cannot be checked for this export, or None."""
+    if backend is None:
+        return f"format={format} has no runtime here to run it (checked: {', '.join(FORMATS)})"
+    if nms:
+        return "nms=True adds NMS to the graph, whose kept boxes PyTorch's raw head does not give"
+    if quantize not in TOLERANCE:
+        return f"quantize={quantize!r} has no parity criterion (checked: 32, 16, 8)"
+    return None
 
-    ``kwargs`` are Ultralytics export keys (``imgsz``, ``dynamic``, ``simplify``, ``nms``, ``quantize``, ``data``...);
-    without ``imgsz`` the checkpoint's own training imgsz is used, as Ultralytics does, and parity runs at the
-    exported graph's input size. INT8 calibrates on ``data``, the built-in dataset by default. Raises ParityError over
-    the tolerance, or when an fp16 / INT8 export does not hold that precision. A parity check that cannot run is a
-    warning that says why.
+
+def _run_exporter(yolo, format: str, kwargs: dict[str, Any]) -> str:
+    """Ultralytics' exporter with nothing installed at run time; its own refusals (a platform, a key combination)
+    become one line."""
+    # data= gives parity its image on every format; the exporter takes it only where it calibrates
+    given = kwargs if _takes_data(format) else {k: v for k, v in kwargs.items() if k != "data"}
+    try:
+        with no_runtime_installs():
+            return yolo.export(format=format, **given)
+    except (AssertionError, ValueError) as e:
+        raise PruneError(f"format={format}: Ultralytics' exporter refused: {first_line(e)}") from e
+
+
+def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
+    """Export ``weights`` with Ultralytics' exporter and check parity on the format's own runtime.
+
+    Args:
+        weights: A checkpoint (pruned or not; a distillation checkpoint exports its student).
+        format: An Ultralytics export format or alias (``onnx``, ``openvino``, ``ncnn``, ``tflite``...).
+        **kwargs: Ultralytics export keys (``imgsz``, ``dynamic``, ``simplify``, ``nms``, ``quantize``, ``data``...).
+            Without ``imgsz`` the checkpoint's training imgsz is used, as Ultralytics does. ``data`` gives parity its
+            image on every format, and INT8 calibration its images (the built-in dataset by default).
+
+    Returns:
+        ``file``, ``format``, ``quantize``, ``max_abs_diff`` / ``mean_abs_diff`` and the ``criterion`` applied; or
+        ``skipped``, the reason parity cannot run (no runtime here, ``nms=True``), also logged as a warning.
+
+    Raises:
+        PruneError: A key, precision or runtime the format does not have here, before anything is written.
+        ParityError: Outputs over the tolerance, or an fp16 / INT8 export that does not hold that precision.
     """
     quantize = canonical_quantize(kwargs)
     format = canonical_format(format)  # the exporter's own spelling rule and aliases
-    backend = _check_format(format, quantize)  # before anything is written
+    backend = _check_format(format, quantize, kwargs)  # before anything is written
     yolo = load_model(weights)  # a distillation checkpoint exports its student
     if getattr(yolo.model.model[-1], "one2one_cv2", None) is not None:  # parity follows today's YOLO26 export rule
         require("yolo26 export", "exporting a YOLO26 model")
@@ -250,19 +284,9 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):
         kwargs["data"] = resolve_data(kwargs["data"], task)
-    with no_runtime_installs():
-        file = yolo.export(format=format, **kwargs)
+    file = _run_exporter(yolo, format, kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
-    skip = (
-        f"format={format} has no runtime here to run it (checked: {', '.join(FORMATS)})"
-        if backend is None
-        else "nms=True adds NMS to the graph, whose kept boxes PyTorch's raw head does not give"
-        if kwargs.get("nms")
-        else f"quantize={quantize!r} has no parity criterion (checked: 32, 16, 8)"
-        if quantize not in TOLERANCE
-        else None
-    )
-    if skip:
+    if skip := _no_parity(backend, format, quantize, kwargs.get("nms")):
         LOGGER.warning(f"yolo-prune: parity NOT checked for {file}: {skip}")
         result["skipped"] = skip
         return result
