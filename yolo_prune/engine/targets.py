@@ -208,18 +208,10 @@ REAIM_STEP = 0.5  # each re-aim goes this part of the way (of the log ratio) fro
 
 
 def plan_for_latency(
-    model: nn.Module,
-    prune_latency: float,
-    rt: Runtime,
-    prune_method: str = "l2",
-    prune_round: int = ROUND,
-    ignored_layers=(),
-    table: LatencyTable | None = None,
-    keep_ms: float | None = None,
-    base_ms: float | None = None,
-    measure: bool = True,
-    **options,
-) -> tuple[PrunePlan, dict]:
+    model: nn.Module, prune_latency: float, rt: Runtime, prune_method: str = "l2", prune_round: int = ROUND,
+    ignored_layers=(), table: LatencyTable | None = None, keep_ms: float | None = None, base_ms: float | None = None,
+    measure: bool = True, reference: nn.Module | None = None, **options,
+) -> tuple[PrunePlan, dict]:  # fmt: skip
     """Plan a prune of ``model`` (prepared) that removes ``prune_latency`` of its latency on ``rt``; (plan, info).
 
     Channels go by importance lost per predicted millisecond saved (:func:`removed_for_latency`) until the predicted
@@ -227,6 +219,8 @@ def plan_for_latency(
     model is exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed
     until the measured ratio is within 2 points of the target (see :func:`_measured`: doubtful timings are repeated
     before a re-aim, and a re-aim goes part of the way); ``info`` has predicted and measured ms and every timing.
+    In training, ``reference`` is the model the run started with (``base_ms`` its predicted ms): the pruned model
+    is timed against it, so the target and the speed-up reported are the whole run's.
 
     Raises:
         PruneError: The target cannot be reached, with the best reachable fraction.
@@ -255,9 +249,11 @@ def plan_for_latency(
             "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
     if not measure:
         return plan, info
-    plan, ratio, ms, pred, ratios = _measured(model, rt, pruner, cost, plan, pred, target, solve)
+    ref = (reference, base_ms) if reference is not None and base_ms else (model, cost.base)
+    plan, ratio, ms, pred, ratios = _measured(model, ref, rt, pruner, plan, pred, target, solve)
     info.update(
-        predicted_ms=[round(cost.base, 3), round(pred, 3)],
+        predicted_ms=[round(ref[1], 3), round(pred, 3)],
+        measured_against="start" if ref[0] is not model else "model",
         measured_ms=[round(ms["base"], 3), round(ms["pruned"], 3)],
         measured_speedup=round(1 / ratio, 3),
         measured_speedups=[round(1 / r, 3) for r in ratios],  # every timing of the plan kept: the spread
@@ -265,28 +261,30 @@ def plan_for_latency(
     return plan, info
 
 
-def _measured(model, rt: Runtime, pruner: ChannelPruner, cost: LatencyCost, plan: PrunePlan, pred: float,
-              target: float, solve):  # fmt: skip
-    """Export and time the pruned model against the unpruned one, re-aiming until the measured ratio is within
-    :data:`MEASURE_TOLERANCE` of the target; (plan, measured ratio, ms, predicted ms, every round's ratio).
+def _measured(model, ref: tuple[nn.Module, float], rt: Runtime, pruner: ChannelPruner, plan: PrunePlan,
+              pred: float, target: float, solve):  # fmt: skip
+    """Export and time the pruned ``model`` against ``ref`` (an unpruned model and its predicted ms), re-aiming until
+    the measured ratio is within :data:`MEASURE_TOLERANCE` of the target; (plan, measured ratio, ms, predicted ms,
+    every round's ratio).
 
     One timing on a shared machine can be off by more than the tolerance, so a plan is judged by the median of up to
     :data:`MEASURE_ROUNDS` interleaved timings: more are taken when the first disagrees with the table's prediction,
     or misses the target, before anything is re-aimed. A re-aim then moves :data:`REAIM_STEP` of the way (in log
     ratio) from where the measurement landed, so one outlier cannot send the plan far past the target.
     """
-    want = target / cost.base  # the measured ratio pruned / unpruned to reach
+    base, base_pred = ref
+    want = target / base_pred  # the measured ratio pruned / unpruned to reach
     aim, best, runners = target, None, {}
     for attempt in range(MAX_AIMS):
         runners.pop("pruned", None)  # the unpruned model's export is reused across re-aims
         pruned = apply_plan(copy.deepcopy(model), plan)
         ratios, times = [], []
         for _ in range(MEASURE_ROUNDS):
-            ms = measure_models({"base": model, "pruned": pruned}, rt, runners=runners)
+            ms = measure_models({"base": base, "pruned": pruned}, rt, runners=runners)
             ratios.append(ms["pruned"] / ms["base"])
             times.append(ms)
             first = ratios[0]
-            if abs(first - pred / cost.base) <= MEASURE_TOLERANCE and abs(first - want) <= MEASURE_TOLERANCE:
+            if abs(first - pred / base_pred) <= MEASURE_TOLERANCE and abs(first - want) <= MEASURE_TOLERANCE:
                 break  # agrees with the prediction and meets the target: one timing is enough
         ratio = float(np.median(ratios))  # of 1 or all 3 timings (an odd count: a timing that really happened)
         i = int(np.argsort(ratios)[len(ratios) // 2])  # the round whose ratio is the median: its milliseconds

@@ -3,7 +3,9 @@
 The table is built once per run (from the disk cache when the machine has timed these convs before) on rank 0, which
 also decides whether the target is reachable: the other ranks get rank 0's answer, so all of them go on or stop
 together. Step k of n leaves ``1 - F*k/n`` of the latency the run started with, as the table predicts it; the last
-step is measured (exported and timed against the unpruned model) and re-aimed.
+step is measured (exported and timed, interleaved, against the model the run started with) and re-aimed. A resumed
+run no longer has that model, so its last step is timed against the model before the step, and the speed-up since the
+start is taken against the latency measured when the run started.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class LatencyRun:
     def __init__(self):
         self.table: LatencyTable | None = None
         self.table_done = 0  # steps done when the table was built (a resumed run times the pruned model)
+        self.start_model = None  # the architecture the run started with (latency does not depend on the weights)
 
     @staticmethod
     def runtime(trainer, lat: dict) -> Runtime:
@@ -57,6 +60,7 @@ class LatencyRun:
             broadcast_from_rank0(lat)
         if isinstance(lat, str):  # rank 0 refused the target: stop every rank with its line
             raise PruneError(lat)
+        self.start_model = prepare_model(copy.deepcopy(model)).eval()  # the last step is timed against it
         return lat
 
     def _start_rank0(self, trainer, model, cfg: PruneConfig) -> dict:
@@ -81,16 +85,21 @@ class LatencyRun:
         f, d = lat["fraction"], self.table_done
         keep_ms = (1 - f * k / n) / (1 - f * d / n) * self.table.full_ms
         base_run = self.table.full_ms / (1 - f * d / n)
+        reference = self.start_model if state["done"] > 0 else None  # (at the first step, the model is the start)
         return plan_for_latency(
             model, lat["fraction"], self.runtime(trainer, lat), cfg["prune_method"], cfg["prune_round"],
-            table=self.table, keep_ms=keep_ms, base_ms=base_run, measure=k == n, **options,
+            table=self.table, keep_ms=keep_ms, base_ms=base_run, measure=k == n, reference=reference, **options,
         )  # fmt: skip
 
 
 def overall(lat: dict, report: dict) -> str:
-    """Against the model the run started with (the last step's own measurement starts from step n-1's model)."""
+    """The speed-up since the start: measured with the start model (a fresh run), or against its latency measured
+    when the run started (a resumed one, whose last step was timed against the model before it)."""
+    target = f"target {1 / (1 - lat['fraction']):.2f}x"
+    if report.get("measured_against") == "start":
+        return f"; against the model the run started with, timed together ({target})"
     return f"; since the start {lat['base_ms']:.2f} -> {report['measured_ms'][1]:.2f} ms " + (
-        f"({lat['base_ms'] / report['measured_ms'][1]:.2f}x, target {1 / (1 - lat['fraction']):.2f}x)"
+        f"({lat['base_ms'] / report['measured_ms'][1]:.2f}x, {target}; the start timed when the run began)"
     )
 
 
