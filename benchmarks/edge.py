@@ -70,6 +70,10 @@ def write(rows: list[dict], args, t0: float) -> None:
             "| model | imgsz | runtime | target | GFLOPs kept | ms before -> after | speed-up [range] | realization "
             "| loop |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        if "refused" in r:
+            body.append(f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {r['target']} | refused: {r['refused']} "
+                        "| | | | |")  # fmt: skip
+            continue
         loop = f"{r['loop_speedup']:.2f}x" if r.get("loop_speedup") else ""
         body.append(f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {r['target']} | {r['gflops_kept']:.2f} | "
                     f"{r['base_ms']:.1f} -> {r['pruned_ms']:.1f} | **{r['speedup']:.2f}x** "
@@ -94,6 +98,7 @@ def main() -> None:
     from ultralytics.utils.torch_utils import get_flops
 
     from yolo_prune import prune_model
+    from yolo_prune.cfg import PruneError
     from yolo_prune.engine.runtime import Runtime
 
     torch.set_num_threads(1)
@@ -117,8 +122,13 @@ def main() -> None:
                         jobs.append((f"prune={args.fraction:g}", half, None, 0.0))
                     for i in range(args.repeat if "latency" in args.targets.split(",") else 0):
                         net, t = copy.deepcopy(base), time.perf_counter()
-                        plan = prune_model(net, prune_latency=args.fraction, imgsz=imgsz,
-                                           runtime=Runtime(rt_name, "cpu", 1, 1, imgsz))  # fmt: skip
+                        try:
+                            plan = prune_model(net, prune_latency=args.fraction, imgsz=imgsz,
+                                               runtime=Runtime(rt_name, "cpu", 1, 1, imgsz))  # fmt: skip
+                        except PruneError as e:  # out of reach on this runtime: a row that says so, then go on
+                            rows.append({"model": model, "imgsz": imgsz, "runtime": rt_name,
+                                         "target": f"prune_latency={args.fraction:g}", "refused": str(e)})  # fmt: skip
+                            break
                         jobs.append((f"prune_latency={args.fraction:g}", net, plan.latency, time.perf_counter() - t))
                     for i, (target, net, loop, seconds) in enumerate(jobs):
                         pruned_file = exported(net, imgsz, fmt, work, f"{model}-{imgsz}-{rt_name}-{i}")
