@@ -99,7 +99,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None, **extra) -> Path:
     """Save ``model`` like Ultralytics' trainer does (FP16 whole module under ``ema``), atomically.
 
-    ``YOLO(path)`` loads it back with the pruned shapes; ``extra`` keys (e.g. ``yolo_prune``) ride along.
+    Args:
+        model: The (pruned) model; ``YOLO(path)`` loads it back with its pruned shapes.
+        path: Where to write the checkpoint (through a temp file and a rename).
+        train_args: Saved as the checkpoint's ``train_args`` (``task``, ``imgsz``...), as Ultralytics' trainer does.
+        **extra: Further top-level keys that ride along (e.g. ``yolo_prune``).
+
+    Returns:
+        ``path`` as a Path.
     """
     snapshot = deepcopy(model).half().to(memory_format=torch.contiguous_format)
     if hasattr(snapshot, "criterion"):

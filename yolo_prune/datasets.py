@@ -209,8 +209,15 @@ def builtin_dataset(
 ) -> str:
     """Path of built-in dataset ``name`` (``shapes[-seg|-pose|-obb|-cls][-N]``), generated on first use.
 
-    A plain ``shapes[-N]`` follows ``task`` (a segmentation run gets ``shapes-seg``). Returns the yaml, or the folder
-    for classification.
+    Args:
+        name: ``shapes`` plus an optional task suffix and image count (``shapes-pose-200``).
+        train: Training images (default: from ``name``).
+        val: Validation images (default: a quarter of ``train``).
+        imgsz: Side of the generated images.
+        task: A plain ``shapes[-N]`` follows it (a segmentation run gets ``shapes-seg``).
+
+    Returns:
+        The dataset yaml, or the folder for classification (as Ultralytics takes ``data=``).
     """
     m = _PATTERN.match(str(name))
     if not m:
@@ -235,7 +242,12 @@ def is_builtin(data) -> bool:
 
 
 def resolve_data(data, task: str | None = None):
-    """Built-in dataset names become their yaml path (their folder for classify); anything else is unchanged."""
+    """Built-in dataset names become their yaml path (their folder for classify); anything else is unchanged.
+
+    Args:
+        data: A ``data=`` value: a built-in name (``shapes-8``), or a path / Ultralytics dataset name.
+        task: The task a plain ``shapes`` name follows.
+    """
     return builtin_dataset(data, task=task) if is_builtin(data) else data
 
 

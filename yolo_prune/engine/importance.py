@@ -35,7 +35,14 @@ GRAD_BATCHES = 16  # real training batches whose gradients rank the channels, in
 
 
 def register(name: str, factory: Callable[[], tp.importance.Importance], gradients: str | None = None) -> None:
-    """Make ``prune_method=name`` build its criterion with ``factory()``; ``gradients="grad"|"grad2"`` if it reads them."""
+    """Make ``prune_method=name`` build its criterion with ``factory()``.
+
+    Args:
+        name: The new ``prune_method`` value.
+        factory: Returns a torch-pruning importance (``tp.importance.Importance``) each time a plan is made.
+        gradients: ``"grad"`` or ``"grad2"`` if the criterion reads accumulated gradients (then calibration batches
+            run before each plan), else None.
+    """
     IMPORTANCES[name] = factory
     if name not in METHODS:  # prune_method=name validates from now on
         METHODS.append(name)

@@ -102,8 +102,17 @@ def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Call
 
 
 def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, dict[str, float]]:
-    """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...) after ``warmup`` calls
-    each, so a load change on a shared machine slows every model alike instead of skewing their ratio."""
+    """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...), so a load change on a
+    shared machine slows every model alike instead of skewing their ratio.
+
+    Args:
+        fns: Name -> a callable running one inference.
+        runs: Timed calls of each.
+        warmup: Untimed calls of each first.
+
+    Returns:
+        Name -> ``{"median_ms": ..., "p90_ms": ...}``.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -141,8 +150,15 @@ def model_runner(model: nn.Module, rt: Runtime, workdir: str | Path) -> Callable
 def exported_runner(
     exported: str | Path, fmt: str, threads: int | None, imgsz: int = 640, batch: int = 1
 ) -> Callable[[], Any]:
-    """A callable running one inference of an export (what Ultralytics' exporter returned) on its runtime, on a
-    random input of the graph's own shape (``imgsz`` and ``batch`` where it is dynamic)."""
+    """A callable running one inference of an export on its runtime, on a random input of the graph's own shape.
+
+    Args:
+        exported: What Ultralytics' exporter returned (a file or a folder).
+        fmt: Its format (``onnx``, ``openvino``, ``ncnn``, ``litert``, ``executorch``, ``mnn``).
+        threads: Runtime threads (None: the runtime's default).
+        imgsz: Input size where the graph's is dynamic.
+        batch: Batch where the graph's is dynamic.
+    """
     session = load_session(exported, fmt, threads)
     b, c, h, w = (list(session.shape) + [None] * 4)[:4]
     x = torch.rand(b or batch, c or 3, h or imgsz, w or imgsz)

@@ -167,7 +167,18 @@ def sensitivity_run(
     name: str = D["name"],
     exist_ok: bool = D["exist_ok"],
 ) -> Path:
-    """``yolo-prune sensitivity``: load ``model``, run :func:`sensitivity`, save under ``project/name``; returns the dir."""
+    """``yolo-prune sensitivity``: load ``model``, run :func:`sensitivity`, save its table under ``project/name``.
+
+    Args:
+        model: A checkpoint or model yaml.
+        data: The dataset each pruned layer is validated on.
+        ratios, imgsz, batch, layers, prune_method, prune_round, device: As the keys of the same names
+            (``yolo-prune help sensitivity``).
+        project, name, exist_ok: The run folder, as Ultralytics names runs.
+
+    Returns:
+        The run folder, holding ``sensitivity.csv`` and ``sensitivity.png``.
+    """
     check_ratios(ratios)
     imgsz = imgsz_value("imgsz", imgsz)
     if not data:

@@ -1,0 +1,205 @@
+"""Beat the smaller model: the s base pruned to the n base's measured latency, against the n base trained on.
+
+Usage:
+  python benchmarks/cross_scale.py --bases /tmp/bench/bases          # yolo11 and yolo26, 3 seeds, 30 epochs each
+  python benchmarks/cross_scale.py --bases runs/bases --families yolo11 --seeds 1 --epochs 10 --name cross_scale_quick
+
+Bases: ``benchmarks/bases.py`` (every epoch of the schedule, then close_mosaic), in ``--bases`` as
+``<family><scale>_base/weights/best.pt``. Rows per family, each fine-tuned for the same ``--epochs`` with the same
+recipe, per seed:
+  A_n   the n base trained on
+  A_s   the s base trained on
+  S2N_L the s base with ``prune_latency`` set to n's measured latency (ONNX Runtime, 1 thread, imgsz of the data)
+  S2N_G the s base with ``prune=`` set to n's GFLOPs
+and, seed 0 only, the points of the Pareto chart: the s base at other latency targets (``--fronts``) and the n base
+at them. n's latency is measured once, interleaved with s at 1 thread (the target every S2N_L run prunes to). At the
+end every run's best.pt is exported to ONNX and timed again, all interleaved at 1 thread in one process, so the
+chart's x axis is one measurement. Every run's result is kept in its folder (row.json): a rerun skips finished runs.
+Results: ``benchmarks/results/<name>.{json,md,csv,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from results_io import RESULTS, header, save, save_csv
+
+P = {"data": "shapes-500", "imgsz": 128, "batch": 16, "nbs": 16, "runs": 100, "threads": 1}  # as benchmarks/bases.py
+TITLES = {"A_n": "n base trained on", "A_s": "s base trained on", "S2N_L": "s pruned to n's latency",
+          "S2N_G": "s pruned to n's GFLOPs", "SL": "s at prune_latency", "NL": "n at prune_latency"}  # fmt: skip
+
+
+def n_target(bases: Path, family: str) -> dict:
+    """n's latency and GFLOPs as fractions of s's: measured once (interleaved, 1 thread), then kept in the work folder."""
+    kept = bases / f"{family}_cross_target.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    from ultralytics import YOLO
+
+    from yolo_prune.engine.pruner import model_info
+    from yolo_prune.engine.runtime import exported_runner, time_interleaved
+
+    w = {s: bases / f"{family}{s}_base" / "weights" / "best.pt" for s in ("n", "s")}
+    files = {s: YOLO(str(f)).export(format="onnx", imgsz=P["imgsz"], simplify=True) for s, f in w.items()}
+    reps = [time_interleaved({s: exported_runner(f, "onnx", 1, P["imgsz"]) for s, f in files.items()}, P["runs"])
+            for _ in range(3)]  # fmt: skip
+    ratio = statistics.median(r["n"]["median_ms"] / r["s"]["median_ms"] for r in reps)
+    g = {s: model_info(YOLO(str(f)).model, 640)["gflops"] for s, f in w.items()}
+    out = {"latency_ratio": round(ratio, 4), "prune_latency": round(1 - ratio, 4),
+           "gflops_n": round(g["n"], 3), "gflops_s": round(g["s"], 3), "prune": round(1 - g["n"] / g["s"], 4),
+           "ms": {s: [round(r[s]["median_ms"], 2) for r in reps] for s in ("n", "s")}}  # fmt: skip
+    kept.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def specs(seeds: int, fronts: list[float]) -> list[dict]:
+    """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last."""
+    out = [{"row": r, "seed": s, "fraction": None} for s in range(seeds) for r in ("S2N_L", "A_n", "S2N_G", "A_s")]
+    return out + [{"row": r, "seed": 0, "fraction": f} for f in fronts for r in ("SL", "NL")]
+
+
+def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, device: str, work: Path) -> dict:
+    """Fine-tune one row from its base (or read its kept result)."""
+    from accuracy_shared import evaluate, train
+    from ultralytics import YOLO
+
+    row, seed, frac = spec["row"], spec["seed"], spec["fraction"]
+    name = f"{family}_{row}{'' if frac is None else f'_{round(frac * 100)}'}_e{epochs}_s{seed}"
+    kept = work / name / "row.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    scale = "n" if row in ("A_n", "NL") else "s"
+    base = bases / f"{family}{scale}_base" / "weights" / "best.pt"
+    keys = {"S2N_L": {"prune_latency": target["prune_latency"], "prune_runtime": "onnxruntime"},
+            "S2N_G": {"prune": target["prune"]}, "SL": {"prune_latency": frac, "prune_runtime": "onnxruntime"},
+            "NL": {"prune_latency": frac, "prune_runtime": "onnxruntime"}}.get(row, {})  # fmt: skip
+    t0 = time.perf_counter()
+    best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed, **keys)
+    out = {**spec, "family": family, "scale": scale, "epochs": epochs, "name": name, "keys": keys,
+           "train_s": round(time.perf_counter() - t0, 1), **evaluate(best, P, device)}  # fmt: skip
+    kept.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def remeasure(work: Path, families: list[str]) -> None:
+    """Every run's best.pt timed again on ONNX Runtime, all in alternation at 1 thread in one process."""
+    from ultralytics import YOLO
+
+    from yolo_prune.engine.runtime import exported_runner, time_interleaved
+
+    files = {}
+    for f in sorted(work.glob("*/row.json")):
+        if json.loads(f.read_text())["family"] in families:
+            best = f.parent / "weights" / "best.pt"
+            files[f] = YOLO(str(best)).export(format="onnx", imgsz=P["imgsz"], simplify=True)
+    ms = time_interleaved({k: exported_runner(v, "onnx", 1, P["imgsz"]) for k, v in files.items()}, P["runs"])
+    for k, v in ms.items():
+        r = json.loads(k.read_text())
+        r.update(onnx_ms=round(v["median_ms"], 3), onnx_timing="interleaved, 1 thread")
+        k.write_text(json.dumps(r, indent=2))
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per (family, row, fraction): means and std over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["family"], r["row"], r["fraction"]), []).append(r)
+    out = []
+    for (fam, row, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(TITLES).index(kv[0][1]))):
+        maps = [r["map50_95"] for r in rs]
+        out.append({"family": fam, "row": row, "fraction": frac, "seeds": len(rs), "epochs": rs[0]["epochs"],
+                    "params": rs[0]["params"], "gflops": rs[0]["gflops"], "map50_95": round(statistics.mean(maps), 4),
+                    "map50_95_std": round(statistics.stdev(maps), 4) if len(maps) > 1 else 0.0,
+                    "onnx_ms": round(statistics.mean(r["onnx_ms"] for r in rs), 3),
+                    "train_s": round(statistics.mean(r["train_s"] for r in rs), 1)})  # fmt: skip
+    return out
+
+
+def verdicts(table: list[dict], need: float) -> list[str]:
+    """The issue's criterion per family: s pruned to n's latency beats A_n by ``need`` mAP50-95 (means of the seeds)."""
+    lines = []
+    for fam in sorted({r["family"] for r in table}):
+        rows = {r["row"]: r for r in table if r["family"] == fam and r["fraction"] is None}
+        if "S2N_L" not in rows or "A_n" not in rows:
+            lines.append(f"- {fam}: not measured (rows missing)")
+            continue
+        b, a = rows["S2N_L"], rows["A_n"]
+        gap = b["map50_95"] - a["map50_95"]
+        lines.append(f"- {fam}: s pruned to n's latency {b['map50_95']:.4f} ({b['onnx_ms']:.2f} ms) vs A_n "
+                     f"{a['map50_95']:.4f} ({a['onnx_ms']:.2f} ms): {gap:+.4f}, target >= +{need:.3f}: "
+                     f"**{'met' if gap >= need else 'not met'}** (seeds {b['seeds']}/{a['seeds']})")  # fmt: skip
+    return lines
+
+
+def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
+    """JSON, Markdown, CSV and the Pareto chart (mAP50-95 against ONNX Runtime ms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = aggregate(runs)
+    save_csv(name, table, list(table[0]) if table else [])
+    body = [f"Data {P['data']}, imgsz {P['imgsz']}, batch {P['batch']}; every row fine-tuned {out['epochs']} epochs "
+            "from its base (benchmarks/bases.py) with the same recipe. ONNX Runtime: batch 1, 1 thread, every run's "
+            "best.pt timed in one interleaved pass. Targets: " + "; ".join(
+                f"{f}: n/s latency {t['latency_ratio']:.3f} (prune_latency={t['prune_latency']:.3f}), GFLOPs "
+                f"{t['gflops_n']:.2f}/{t['gflops_s']:.2f} (prune={t['prune']:.3f})" for f, t in targets.items()),
+            "", "| family | row | target | seeds | params | GFLOPs@640 | mAP50-95 | ONNX RT ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in table:
+        frac = "" if r["fraction"] is None else f"{r['fraction']:.0%}"
+        body.append(f"| {r['family']} | {TITLES[r['row']]} | {frac} | {r['seeds']} | {r['params']:,} | "
+                    f"{r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | {r['onnx_ms']:.2f} |")  # fmt: skip
+    body += ["", "Criterion (issue #21):", *verdicts(table, 0.015)]
+    save(name, {**out, "targets": targets, "table": table, "runs": runs}, body)
+
+    fams = sorted(targets)
+    fig, axes = plt.subplots(1, len(fams), figsize=(6 * len(fams), 4.5), dpi=120, squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        for row, style in (("A_n", "s"), ("A_s", "D"), ("S2N_L", "o"), ("S2N_G", "^"), ("SL", "o"), ("NL", "v")):
+            pts = sorted((r for r in table if r["family"] == fam and r["row"] == row), key=lambda r: r["onnx_ms"])
+            if pts:
+                ax.errorbar([r["onnx_ms"] for r in pts], [r["map50_95"] for r in pts],
+                            yerr=[r["map50_95_std"] for r in pts], fmt=style + ("-" if len(pts) > 1 else ""),
+                            capsize=3, label=TITLES[row])  # fmt: skip
+        ax.set(xlabel="ONNX Runtime CPU ms (batch 1, 1 thread)", ylabel="val mAP50-95", title=f"{fam}: up-left wins")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bases", default="runs/bases", help="benchmarks/bases.py's --work")
+    ap.add_argument("--families", default="yolo11,yolo26")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of every row")
+    ap.add_argument("--fronts", default="0.3,0.7", help="other prune_latency points of the chart (seed 0)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", default="runs/cross_scale")
+    ap.add_argument("--name", default="cross_scale")
+    args = ap.parse_args()
+    bases, work = Path(args.bases).resolve(), Path(args.work).resolve()
+    fams = args.families.split(",")
+    fronts = [float(f) for f in args.fronts.split(",") if f]
+    out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
+    targets = {f: n_target(bases, f) for f in fams}
+    t0 = time.perf_counter()
+    for spec in specs(args.seeds, fronts):  # seed by seed across families: a stopped run has comparable rows
+        for fam in fams:
+            run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)
+            out["wall_s"] = round(time.perf_counter() - t0, 1)
+    remeasure(work, fams)
+    runs = [json.loads(f.read_text()) for f in sorted(work.glob("*/row.json"))]
+    write(args.name, [r for r in runs if r["family"] in fams and r["epochs"] == args.epochs], targets, out)
+
+
+if __name__ == "__main__":
+    main()
