@@ -61,8 +61,10 @@ def train_base(model: str, args: argparse.Namespace) -> dict:
         f"{model} trained from scratch on {args.data} at imgsz {args.imgsz}, all {len(curve)} of {args.epochs} epochs "
         f"(LR decay to the end, close_mosaic's last 10 without mosaic): final val mAP50-95 {curve[-1]:.4f}, best "
         f"{max(curve):.4f}", "", "val mAP50-95 per epoch: " + ", ".join(map(str, curve))])  # fmt: skip
-    if args.ship and model.endswith("n"):
-        shutil.copyfile(run / "weights" / "best.pt", work / f"{model}-shapes.pt")
+    if args.ship and model.endswith("n"):  # the package's shipped models (yolo_prune/assets)
+        from yolo_prune.assets import ASSETS
+
+        shutil.copyfile(run / "weights" / "best.pt", ASSETS / f"{model}-shapes.pt")
     return info
 
 
@@ -75,7 +77,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="runs/bases")
-    ap.add_argument("--ship", action="store_true", help="copy each finished n base to <work>/<model>-shapes.pt")
+    ap.add_argument("--ship", action="store_true", help="copy each finished n base to yolo_prune/assets/<model>-shapes.pt")
     args = ap.parse_args()
     for model in args.models.split(","):
         train_base(model, args)

@@ -1,6 +1,7 @@
 """Small converged models of the built-in ``shapes`` data, shipped so a first run prunes a trained model.
 
-Made by ``benchmarks/accuracy.py --profile converged --rows base`` (see its results in ``benchmarks/results/``).
+Made by ``benchmarks/bases.py --ship`` (all 150 epochs of their schedule on ``shapes-500`` at imgsz 128; see
+``benchmarks/results/bases_<model>.md``).
 """
 
 from __future__ import annotations
