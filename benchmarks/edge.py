@@ -128,6 +128,7 @@ def main() -> None:
                         except PruneError as e:  # out of reach on this runtime: a row that says so, then go on
                             rows.append({"model": model, "imgsz": imgsz, "runtime": rt_name,
                                          "target": f"prune_latency={args.fraction:g}", "refused": str(e)})  # fmt: skip
+                            write(rows, args, t0)
                             break
                         jobs.append((f"prune_latency={args.fraction:g}", net, plan.latency, time.perf_counter() - t))
                     for i, (target, net, loop, seconds) in enumerate(jobs):

@@ -34,18 +34,22 @@ def build(model: str, imgsz: int, device: str, latency: float) -> dict:
     from ultralytics.utils.torch_utils import get_flops
 
     from yolo_prune import prune_model
+    from yolo_prune.cfg import PruneError
     from yolo_prune.engine.runtime import Runtime
 
     torch.manual_seed(0)
     base = YOLO(f"{model}.yaml").model.float().eval()
     half = copy.deepcopy(base)
     prune_model(half, prune=0.5, imgsz=imgsz)
-    lat = copy.deepcopy(base)
-    plan = prune_model(lat, prune_latency=latency, imgsz=imgsz, runtime=Runtime("torch", device, None, 1, imgsz))
-    nets = dict(zip(variants(latency), (base, half, lat)))
-    return {"nets": nets, "gflops": {k: round(get_flops(v, imgsz), 3) for k, v in nets.items()},
-            "latency_plan": {k: plan.latency.get(k) for k in ("predicted_ms", "measured_ms", "measured_speedup",
-                                                              "measured_speedups", "table_shapes_timed")}}  # fmt: skip
+    lat, keys = copy.deepcopy(base), ("predicted_ms", "measured_ms", "measured_speedup", "measured_speedups",
+                                      "table_shapes_timed")  # fmt: skip
+    try:  # on a GPU at batch 1 the convs may explain too little of the time to reach the target: a row says so
+        plan = prune_model(lat, prune_latency=latency, imgsz=imgsz, runtime=Runtime("torch", device, None, 1, imgsz))
+        info = {k: plan.latency.get(k) for k in keys}
+    except PruneError as e:
+        lat, info = None, {"refused": str(e)}
+    nets = {k: v for k, v in zip(variants(latency), (base, half, lat)) if v is not None}
+    return {"nets": nets, "gflops": {k: round(get_flops(v, imgsz), 3) for k, v in nets.items()}, "latency_plan": info}
 
 
 def time_torch(nets: dict, imgsz: int, batch: int, device: str, runs: int) -> dict:
@@ -72,7 +76,7 @@ def time_tensorrt(nets: dict, imgsz: int, device: str, runs: int, work: Path) ->
     from yolo_prune.engine.blocks import fold_model
     from yolo_prune.engine.runtime import time_interleaved
 
-    dev = torch.device(f"cuda:{device}")
+    dev = torch.device(f"cuda:{device}")  # device: a CUDA index (main checks it)
     x = torch.rand(1, 3, imgsz, imgsz, device=dev, dtype=torch.half)
     fns = {}
     for i, (k, net) in enumerate(nets.items()):
@@ -103,6 +107,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    args.device = args.device.removeprefix("cuda:")
+    if args.device != "cpu" and not args.device.isdigit():
+        sys.exit(f"gpu.py: --device {args.device} is invalid; accepted: a CUDA index (0, cuda:0) or cpu")
     if args.device != "cpu" and not torch.cuda.is_available():
         sys.exit("gpu.py: no CUDA device here; accepted: --device cpu (checks the plumbing at fp32)")
     t0 = time.perf_counter()
@@ -120,6 +127,7 @@ def main() -> None:
             rows.append({"model": model, "runtime": "torch-cuda-fp16" if args.device != "cpu" else "torch-cpu-fp32",
                          "batch": batch, "ms": ms, "speedup": {k: round(ms["base"] / v, 3) for k, v in ms.items()},
                          "gflops": b["gflops"], "latency_plan": b["latency_plan"]})  # fmt: skip
+            write(rows, skipped, args, t0)  # after every row: a run stopped at its time limit keeps what it measured
     for model, b in built.items():
         if not trt:
             skipped.append(f"{model} TensorRT: tensorrt does not import here" if args.device != "cpu" else
@@ -132,6 +140,14 @@ def main() -> None:
             ms = time_tensorrt(b["nets"], args.imgsz, args.device, args.runs, Path(tmp))
         rows.append({"model": model, "runtime": "tensorrt-fp16", "batch": 1, "ms": ms,
                      "speedup": {k: round(ms["base"] / v, 3) for k, v in ms.items()}, "gflops": b["gflops"]})  # fmt: skip
+        write(rows, skipped, args, t0)
+    write(rows, skipped, args, t0)
+
+
+def write(rows: list[dict], skipped: list[str], args, t0: float) -> None:
+    """<out>/gpu.{json,md} with the rows so far."""
+    import torch
+
     device = torch.cuda.get_device_name(int(args.device)) if args.device != "cpu" else "cpu"
     out = {**header(), "device": device, "imgsz": args.imgsz, "runs": args.runs, "rows": rows, "skipped": skipped,
            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -140,10 +156,12 @@ def main() -> None:
             f"unpruned model", "", "| model | runtime | batch | " + " | ".join(f"{v} ms (x)" for v in names) +
             " | GFLOPs " + " / ".join(names) + " |", "|---|---|---|" + "---|" * (len(names) + 1)]  # fmt: skip
     for r in rows:
-        cells = [f"{r['ms'][v]:.2f} ({r['speedup'][v]:.2f}x)" for v in names]
+        cells = [f"{r['ms'][v]:.2f} ({r['speedup'][v]:.2f}x)" if v in r["ms"] else "refused" for v in names]
         body.append(f"| {r['model']} | {r['runtime']} | {r['batch']} | " + " | ".join(cells) + " | "
-                    + " / ".join(f"{r['gflops'][v]:.1f}" for v in names) + " |")  # fmt: skip
-    body += ["", *(f"Skipped: {s}" for s in skipped), f"Took {out['seconds']} s."]
+                    + " / ".join(f"{r['gflops'][v]:.1f}" if v in r["gflops"] else "-" for v in names) + " |")  # fmt: skip
+    refused = {r["model"]: r["latency_plan"]["refused"] for r in rows if "refused" in r.get("latency_plan", {})}
+    body += ["", *(f"Refused: {m} {v}" for m, v in refused.items()), *(f"Skipped: {s}" for s in skipped),
+             f"Took {out['seconds']} s."]  # fmt: skip
     save("gpu", out, body, Path(args.out))
 
 

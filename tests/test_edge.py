@@ -57,7 +57,7 @@ REFUSED = [
      r"format=ncnn: batch, quantize$"),
     ({"format": "executorch", "simplify": False}, r"'simplify' is not supported .*; accepted for format=executorch: batch$"),
     # the exporter's own refusal of a key combination (a ValueError in Ultralytics), one line before any file
-    ({"format": "mnn", "dynamic": True, "nms": True}, r"^format=mnn: Ultralytics' exporter refused: Alibaba MNN export "
+    ({"format": "mnn", "dynamic": True, "nms": True}, r"^format=mnn: Ultralytics' exporter stopped: Alibaba MNN export "
      r"does not support combining 'dynamic=True' with 'nms=True'\.$"),
 ]  # fmt: skip
 
@@ -74,11 +74,23 @@ def test_what_a_format_does_not_take_is_refused_before_writing(pruned, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
-def test_data_gives_parity_its_image_on_a_format_whose_exporter_does_not_take_it(pruned, tmp_path):
+def test_data_gives_parity_its_image_on_a_format_whose_exporter_does_not_take_it(pruned, tmp_path, monkeypatch):
+    import yolo_prune.deploy.export as ex
+
+    read, imread = [], ex.cv2.imread
+    monkeypatch.setattr(ex.cv2, "imread", lambda f, *a: read.append(f) or imread(f, *a))
     src = tmp_path / "m.pt"
     src.write_bytes(pruned.read_bytes())
     res = export(src, format="ncnn", imgsz=64, data="shapes-8")  # Ultralytics' ncnn export refuses data=
     assert 0 < res["max_abs_diff"] <= TOLERANCE[32][1], res
+    assert len(read) == 1 and "shapes" in read[0] and "/val/" in read[0].replace("\\", "/"), read  # data's image
+
+
+def test_nms_on_a_format_without_it_is_dropped_and_parity_still_runs(pruned, tmp_path):
+    src = tmp_path / "m.pt"
+    src.write_bytes(pruned.read_bytes())
+    res = export(src, format="ncnn", imgsz=64, nms=True)  # the exporter exports native outputs (its warning)
+    assert "skipped" not in res and 0 < res["max_abs_diff"] <= TOLERANCE[32][1], res
 
 
 def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, pruned, tmp_path):

@@ -153,9 +153,9 @@ def test_benchmark_cli_writes_table_csv_json_png(tmp_path):
 
 
 def test_gpu_benchmark_script_runs_end_to_end_on_the_cpu(tmp_path):
-    """benchmarks/gpu.py, the one command a lent GPU runs, with --device cpu: the same code path (three variants,
-    prune_latency with prune_runtime=torch, interleaved timing at each batch, the result files), so it cannot fail
-    first on the GPU."""
+    """benchmarks/gpu.py, the one command a lent GPU runs, with --device cpu: what it shares with the GPU path (three
+    variants, prune_latency with prune_runtime=torch, interleaved timing at each batch, the result files, a refused
+    target kept as a row); the CUDA timing and TensorRT lines run only on a GPU."""
     script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
     r = subprocess.run(
         [sys.executable, str(script), "--device", "cpu", "--models", "yolo11n", "--imgsz", "96", "--batches", "1,2",
@@ -172,3 +172,12 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_cpu(tmp_path):
         assert row["latency_plan"]["measured_speedup"] > 1
     assert res["skipped"] == ["yolo11n TensorRT: --device cpu"] and "python " in res["command"]
     assert "| yolo11n | torch-cpu-fp32 | 2 |" in (tmp_path / "gpu.md").read_text()
+    r = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--models", "yolo11n", "--imgsz", "96", "--batches", "1",
+         "--runs", "2", "--latency", "0.97", "--out", str(tmp_path / "refused")],
+        capture_output=True, text=True, cwd=script.parent, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads((tmp_path / "refused" / "gpu.json").read_text())["rows"][0]
+    assert "cannot be reached" in row["latency_plan"]["refused"] and "prune_latency=0.97" not in row["ms"]
+    assert "Refused: yolo11n" in (tmp_path / "refused" / "gpu.md").read_text()

@@ -169,7 +169,8 @@ def test_prune_latency_in_training_steps_to_its_target(tmp_path, cache):
     assert first["predicted_ms"][1] == pytest.approx(0.85 * lat["base_ms"], rel=0.06)
     assert last["measured_ms"][1] < last["measured_ms"][0]
     # timed against the model the run started with, not the one before the step: the whole run's speed-up (~1.43x)
-    assert last["measured_against"] == "start" and last["measured_speedup"] > 1.2, last
+    assert last["measured_against"] == "start" and last["predicted_ms"][0] == pytest.approx(lat["base_ms"]), last
+    assert last["measured_speedup"] > 1.2, last
     assert state["history"][-1]["gflops"] < state["base"]["gflops"]
 
 

@@ -102,8 +102,12 @@ def test_yolo26_export_and_latency_need_their_release(tmp_path, older):
 def test_edge_runtimes_need_their_release(tmp_path, older):
     older("8.4.164")
     pt = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "m.pt", {"task": "detect", "imgsz": 64})
-    got = one_line(run_cli("export", f"model={pt}", "format=ncnn", cwd=tmp_path))
-    assert "format=ncnn needs ultralytics>=8.4.190" in got and "format=onnx|openvino" in got
+    from yolo_prune.deploy.export import _check_format, _no_parity
+
+    assert _check_format("ncnn", 32, {}) is None  # export still runs, unchecked, as on engine
+    assert _no_parity(None, "ncnn", 32, False).startswith("its runtime is checked from ultralytics>=8.4.190")
+    got = one_line(run_cli("benchmark", f"model={pt}", f"base={pt}", "formats=ncnn", cwd=tmp_path))
+    assert "formats=ncnn needs ultralytics>=8.4.190" in got and "format=onnx|openvino" in got
     got = one_line(run_cli("prune", f"model={pt}", "prune_latency=0.3", "prune_runtime=litert", f"project={tmp_path}/p"))
     assert "prune_runtime=litert needs ultralytics>=8.4.190" in got
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

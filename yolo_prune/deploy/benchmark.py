@@ -39,7 +39,7 @@ def torch_cuda_runner(weights: str, imgsz: int, device: str):
     def run():
         with torch.inference_mode():
             model(x)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(x.device)  # the device timed, not the current one
 
     return run
 

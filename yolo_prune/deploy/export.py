@@ -22,7 +22,7 @@ from ..checkpoint import load_model
 from ..datasets import make_image, resolve_data
 from ..engine.backends import FORMATS, check_backend, load_session, no_runtime_installs, precision_found
 from ..inputs import canonical_format, check_export_args, check_installed, first_line
-from ..support import has, require
+from ..support import FEATURES, has, require, version
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
 # (fp16's worst measured 0.0025 on test models). Static INT8 moves single anchors by up to ~0.6 even when the export is
@@ -210,7 +210,10 @@ def _check_format(fmt: str, quantize: int | str, kwargs: dict[str, Any]):
     Raises:
         PruneError: The runtime is not installed, the format does not export that precision, or it does not take a key.
     """
-    backend = check_backend(fmt) if fmt in FORMATS else None
+    # below the release the edge runtimes are tested on, an edge format still exports, unchecked (as engine does)
+    backend = check_backend(fmt) if fmt in FORMATS and (fmt in ("onnx", "openvino") or has("edge runtimes")) else None
+    if fmt in FORMATS and backend is None:
+        check_installed(fmt)
     if fmt == "litert" and quantize in {8, "w8a16", "w8a32"}:
         check_installed("litert-int8", "quantize", str(quantize))
     if backend and quantize != 32 and quantize in TOLERANCE and quantize not in backend.quantize:
@@ -222,16 +225,23 @@ def _check_format(fmt: str, quantize: int | str, kwargs: dict[str, Any]):
     return backend
 
 
-def _takes_data(fmt: str) -> bool:
-    """Whether Ultralytics' exporter takes ``data=`` for ``fmt`` (calibration of static INT8)."""
+def _arguments(fmt: str) -> list[str]:
+    """The export keys Ultralytics' exporter takes for ``fmt`` (its export_formats table)."""
     from ultralytics.engine.exporter import export_formats
 
     table = export_formats()
-    return "data" in dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
+    return dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
+
+
+def _takes_data(fmt: str) -> bool:
+    """Whether Ultralytics' exporter takes ``data=`` for ``fmt`` (calibration of static INT8)."""
+    return "data" in _arguments(fmt)
 
 
 def _no_parity(backend, format: str, quantize: int | str, nms: bool | None) -> str | None:
     """Why parity cannot be checked for this export, or None."""
+    if backend is None and format in FORMATS:
+        return f"its runtime is checked from ultralytics>={FEATURES['edge runtimes']} (installed: {version('ultralytics')})"
     if backend is None:
         return f"format={format} has no runtime here to run it (checked: {', '.join(FORMATS)})"
     if nms:
@@ -241,16 +251,25 @@ def _no_parity(backend, format: str, quantize: int | str, nms: bool | None) -> s
     return None
 
 
-def _run_exporter(yolo, format: str, kwargs: dict[str, Any]) -> str:
-    """Ultralytics' exporter with nothing installed at run time; its own refusals (a platform, a key combination)
-    become one line."""
+def _run_exporter(yolo, weights: str | Path, format: str, kwargs: dict[str, Any]) -> str:
+    """Ultralytics' exporter with nothing installed at run time. Its own checks (a platform, a key combination, a
+    converter's result) raise AssertionError / ValueError: those become one line, and what the failed export had
+    written beside the checkpoint is removed."""
+    import shutil
+
     # data= gives parity its image on every format; the exporter takes it only where it calibrates
     given = kwargs if _takes_data(format) else {k: v for k, v in kwargs.items() if k != "data"}
+    folder = Path(getattr(yolo, "ckpt_path", None) or weights).resolve().parent  # where the exporter writes
+    before = set(folder.iterdir())
     try:
         with no_runtime_installs():
             return yolo.export(format=format, **given)
     except (AssertionError, ValueError) as e:
-        raise PruneError(f"format={format}: Ultralytics' exporter refused: {first_line(e)}") from e
+        left = sorted(set(folder.iterdir()) - before)
+        for p in left:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        removed = f" (removed what it had written: {', '.join(p.name for p in left)})" if left else ""
+        raise PruneError(f"format={format}: Ultralytics' exporter stopped: {first_line(e)}{removed}") from e
 
 
 def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
@@ -284,9 +303,12 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         kwargs["data"] = resolve_data(kwargs.get("data") or CALIBRATION_DATA, task)
     elif kwargs.get("data"):
         kwargs["data"] = resolve_data(kwargs["data"], task)
-    file = _run_exporter(yolo, format, kwargs)
+    file = _run_exporter(yolo, weights, format, kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
-    if skip := _no_parity(backend, format, quantize, kwargs.get("nms")):
+    nms = kwargs.get("nms")
+    if nms and "nms" not in _arguments(format):
+        nms = None  # as the exporter does for a format without embedded NMS (its warning): native outputs
+    if skip := _no_parity(backend, format, quantize, nms):
         LOGGER.warning(f"yolo-prune: parity NOT checked for {file}: {skip}")
         result["skipped"] = skip
         return result
@@ -298,7 +320,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         )
     args = yolo.model.args if isinstance(yolo.model.args, dict) else {}
     imgsz = kwargs.get("imgsz") or args.get("imgsz")  # for dynamic graphs: what Model.export exported at
-    diff = parity(weights, file, format, imgsz, kwargs.get("nms"), kwargs.get("data"), quantize)
+    diff = parity(weights, file, format, imgsz, nms, kwargs.get("data"), quantize)
     stat, tol = TOLERANCE[quantize]
     result.update(max_abs_diff=diff["max"], mean_abs_diff=diff["mean"], criterion=f"{stat} <= {tol:g}")
     ok = diff[stat] <= tol

@@ -93,10 +93,19 @@ def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Call
     x = torch.rand(*shape, device=dev, dtype=dtype)
 
     def run():
-        with torch.inference_mode():
-            module(x)
-        if cuda:
-            torch.cuda.synchronize(dev)
+        if cuda or not rt.threads:
+            with torch.inference_mode():
+                module(x)
+            if cuda:
+                torch.cuda.synchronize(dev)
+            return
+        saved = torch.get_num_threads()  # prune_threads on the CPU: the threads the table is keyed by
+        torch.set_num_threads(rt.threads)
+        try:
+            with torch.inference_mode():
+                module(x)
+        finally:
+            torch.set_num_threads(saved)
 
     return run
 

@@ -60,7 +60,8 @@ class LatencyRun:
             broadcast_from_rank0(lat)
         if isinstance(lat, str):  # rank 0 refused the target: stop every rank with its line
             raise PruneError(lat)
-        self.start_model = prepare_model(copy.deepcopy(model)).eval()  # the last step is timed against it
+        # the last step is timed against it; the CPU holds it (model_runner moves what it times to the runtime)
+        self.start_model = prepare_model(copy.deepcopy(model)).cpu().eval()
         return lat
 
     def _start_rank0(self, trainer, model, cfg: PruneConfig) -> dict:
@@ -85,7 +86,7 @@ class LatencyRun:
         f, d = lat["fraction"], self.table_done
         keep_ms = (1 - f * k / n) / (1 - f * d / n) * self.table.full_ms
         base_run = self.table.full_ms / (1 - f * d / n)
-        reference = self.start_model if state["done"] > 0 else None  # (at the first step, the model is the start)
+        reference = self.start_model  # None in a resumed run (timed against the model before the step)
         return plan_for_latency(
             model, lat["fraction"], self.runtime(trainer, lat), cfg["prune_method"], cfg["prune_round"],
             table=self.table, keep_ms=keep_ms, base_ms=base_run, measure=k == n, reference=reference, **options,
