@@ -233,6 +233,11 @@ def _arguments(fmt: str) -> list[str]:
     return dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
 
 
+def _exported_nms(fmt: str, nms: bool | None) -> bool | None:
+    """``nms`` as the exporter applies it: None for a format without embedded NMS (it exports native outputs)."""
+    return None if nms and "nms" not in _arguments(fmt) else nms
+
+
 def _takes_data(fmt: str) -> bool:
     """Whether Ultralytics' exporter takes ``data=`` for ``fmt`` (calibration of static INT8)."""
     return "data" in _arguments(fmt)
@@ -305,9 +310,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         kwargs["data"] = resolve_data(kwargs["data"], task)
     file = _run_exporter(yolo, weights, format, kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
-    nms = kwargs.get("nms")
-    if nms and "nms" not in _arguments(format):
-        nms = None  # as the exporter does for a format without embedded NMS (its warning): native outputs
+    nms = _exported_nms(format, kwargs.get("nms"))
     if skip := _no_parity(backend, format, quantize, nms):
         LOGGER.warning(f"yolo-prune: parity NOT checked for {file}: {skip}")
         result["skipped"] = skip
