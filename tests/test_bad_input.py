@@ -53,6 +53,8 @@ CASES = {
     "export: imgsz=abc": (["export", "model={pt}", "imgsz=abc"], "imgsz='abc' is invalid"),
     "export: a key the format does not take": (["export", "model={pt}", "format=openvino", "opset=12"],
                                                "argument 'opset' is not supported for format='openvino'; accepted"),
+    "benchmark: formats=onnx,trt": (["benchmark", "model={pt}", "base={pt}", "formats=onnx,trt"],
+                                    "formats=trt is invalid; accepted: onnx, openvino"),
     "benchmark: runs=0": (["benchmark", "model={pt}", "base={pt}", "runs=0"], "runs=0 is invalid"),
     "benchmark: runs=-3": (["benchmark", "model={pt}", "base={pt}", "runs=-3"], "runs=-3 is invalid"),
     "benchmark: runs=abc": (["benchmark", "model={pt}", "base={pt}", "runs=abc"], "runs='abc' is invalid"),

@@ -126,6 +126,11 @@ def test_bad_latency_keys(keys, message):
         PruneConfig.from_keys(keys)
 
 
+def test_prune_runtime_takes_the_format_names():
+    for given, runtime in (("onnx", "onnxruntime"), ("tflite", "litert"), ("NCNN", "ncnn"), ("openvino", "openvino")):
+        assert PruneConfig.from_keys({"prune_latency": 0.5, "prune_runtime": given}).prune_runtime == runtime
+
+
 def test_runtime_checks(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(PruneError, match="prune_runtime=torch device=0 needs a CUDA GPU.*accepted: device=cpu"):

@@ -24,6 +24,8 @@ PRUNE_MODES = ("structured", "unstructured", "2:4")
 RUNTIME_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "ncnn": "ncnn", "litert": "litert",
                    "executorch": "executorch", "mnn": "mnn"}  # fmt: skip
 RUNTIMES = (*RUNTIME_FORMATS, "torch")  # prune_runtime: where prune_latency is measured
+# prune_runtime also takes the export format a runtime runs (format=, formats=), and Ultralytics' alias tflite
+RUNTIME_ALIASES = {**{f: r for r, f in RUNTIME_FORMATS.items() if f != r}, "tflite": "litert"}
 FORMATS = tuple(RUNTIME_FORMATS.values())  # benchmark formats= (each timed on its runtime)
 # importance criteria by name (yolo_prune.engine.importance builds them; register() adds more at run time)
 METHODS = ["l1", "l2", "bn", "taylor", "lamp", "fpgm", "hessian", "random", "sensitivity"]
@@ -79,6 +81,12 @@ def choice(options) -> Callable[[str, Any], Any]:
         return v
 
     return parse
+
+
+def runtime_name(key: str, v: Any) -> str:
+    """A ``prune_runtime``: a runtime's name, or the export format it runs (``onnx`` -> ``onnxruntime``)."""
+    name = str(v).strip().lower()
+    return choice(RUNTIMES)(key, RUNTIME_ALIASES.get(name, name))
 
 
 def non_negative(key: str, v: Any) -> float:
@@ -185,7 +193,8 @@ KEYS: dict[str, Key] = {
     "prune_sensitivity": Key(None, "a sensitivity.csv", "for prune_method=sensitivity: the table of "
                              "'yolo-prune sensitivity'", existing_file),
     "prune_runtime": Key("onnxruntime", " | ".join(RUNTIMES), "where prune_latency is measured (ncnn, litert, "
-                         "executorch, mnn: the [edge] extra; torch: device=, CUDA fp16)", choice(RUNTIMES)),
+                         "executorch, mnn: the [edge] extra; torch: device=, CUDA fp16; onnx and tflite name onnxruntime and litert)",
+                         runtime_name),
     "prune_threads": Key(None, "an integer >= 1", "CPU threads of that runtime (default: the runtime's own)",
                          optional_int),
     "prune_distill": Key(False, "True or False", "distill from the model as it was just before its first step, with "

@@ -49,7 +49,8 @@ def help_text() -> str:
         "      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json",
         "  yolo-prune sensitivity model=trained.pt data=shapes " + _mode_line("sensitivity"),
         "      prunes each layer alone at each ratio and validates; writes sensitivity.csv and sensitivity.png",
-        "  yolo-prune export model=pruned.pt format=onnx|openvino|engine [any 'yolo export' key]",
+        "  yolo-prune export model=pruned.pt format=onnx|openvino|ncnn|litert|executorch|mnn|engine|... "
+        "[any 'yolo export' key the format takes]",
         "      Ultralytics' exporter, then a parity check of the exported model against PyTorch",
         "  yolo-prune benchmark model=pruned.pt base=original.pt " + _mode_line("benchmark"),
         "      base and pruned timed in alternation; latency / GFLOPs / size / mAP table as CSV, JSON and PNG",

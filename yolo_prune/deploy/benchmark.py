@@ -111,11 +111,13 @@ def check_formats(formats) -> list[str]:
     """
     from ..inputs import canonical_format
 
-    formats = formats.split(",") if isinstance(formats, str) else list(formats)
-    formats = list(dict.fromkeys(canonical_format(f) for f in formats if str(f).strip()))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise PruneError(f"formats={','.join(formats)} is invalid; accepted: {', '.join(FORMATS)} (comma-separated)")
+    given = [str(f).strip() for f in (formats.split(",") if isinstance(formats, str) else list(formats))]
+    given = [f for f in given if f]
+    bad = [f for f in given if canonical_format(f) not in FORMATS]
+    if bad or not given:  # named as typed (an alias such as trt maps to a format not timed here)
+        raise PruneError(f"formats={','.join(bad or given)} is invalid; accepted: {', '.join(FORMATS)} "
+                         "(comma-separated; tflite for litert)")  # fmt: skip
+    formats = list(dict.fromkeys(canonical_format(f) for f in given))
     for fmt in formats:
         check_backend(fmt, key="formats")
     return formats
