@@ -33,11 +33,13 @@ def train_base(model: str, args: argparse.Namespace) -> dict:
     work = Path(args.work).resolve()
     run = work / f"{model}_base"
     meta = run / "base.json"
-    if meta.is_file():
+    if meta.is_file() and not args.record:
         return json.loads(meta.read_text())
     last = run / "weights" / "last.pt"
     t0 = time.perf_counter()
-    if last.is_file():  # a stopped run: Ultralytics' own resume (same args, same schedule)
+    if args.record:  # a finished run's record written again (nothing trained)
+        pass
+    elif last.is_file():  # a stopped run: Ultralytics' own resume (same args, same schedule)
         YOLO(str(last)).train(resume=True)
     else:
         YOLO(f"{model}.yaml").train(
@@ -46,11 +48,13 @@ def train_base(model: str, args: argparse.Namespace) -> dict:
             project=str(work), name=run.name, exist_ok=True,
         )  # fmt: skip
     seconds = round(time.perf_counter() - t0, 1)
+    if args.record and meta.is_file():
+        seconds = json.loads(meta.read_text())["seconds_this_session"]
     import csv
 
-    with open(run / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    curve = [round(float(r["metrics/mAP50-95(B)"]), 4) for r in rows]
+    with open(run / "results.csv") as f:  # a resumed run may repeat the epoch it stopped in: the last row counts
+        rows = {int(float(r["epoch"])): r for r in csv.DictReader(f)}
+    curve = [round(float(rows[e]["metrics/mAP50-95(B)"]), 4) for e in sorted(rows)]
     info = {
         "model": model, "data": args.data, "imgsz": args.imgsz, "batch": args.batch, "epochs": len(curve),
         "schedule": args.epochs, "seconds_this_session": seconds, "final_map50_95": curve[-1],
@@ -61,7 +65,7 @@ def train_base(model: str, args: argparse.Namespace) -> dict:
         f"{model} trained from scratch on {args.data} at imgsz {args.imgsz}, all {len(curve)} of {args.epochs} epochs "
         f"(LR decay to the end, close_mosaic's last 10 without mosaic): final val mAP50-95 {curve[-1]:.4f}, best "
         f"{max(curve):.4f}", "", "val mAP50-95 per epoch: " + ", ".join(map(str, curve))])  # fmt: skip
-    if args.ship and model.endswith("n"):  # the package's shipped models (yolo_prune/assets)
+    if args.ship:  # the package's shipped models (yolo_prune/assets)
         from yolo_prune.assets import ASSETS
 
         shutil.copyfile(run / "weights" / "best.pt", ASSETS / f"{model}-shapes.pt")
@@ -77,7 +81,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="runs/bases")
-    ap.add_argument("--ship", action="store_true", help="copy each finished n base to yolo_prune/assets/<model>-shapes.pt")
+    ap.add_argument("--ship", action="store_true", help="copy each finished base to yolo_prune/assets/<model>-shapes.pt "
+                    "(the s bases too: each is under 20 MB)")
+    ap.add_argument("--record", action="store_true", help="write the record of finished bases again, training nothing")
     args = ap.parse_args()
     for model in args.models.split(","):
         train_base(model, args)

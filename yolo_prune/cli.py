@@ -43,7 +43,7 @@ def help_text() -> str:
         "",
         "  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [train keys below] [any 'yolo train' "
         "key]",
-        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt: shipped models trained "
+        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt | yolo11s-shapes.pt: shipped models trained "
         "on data=shapes-500 imgsz=128",
         "  yolo-prune prune model=yolo11n.yaml prune=0.5 " + _mode_line("prune"),
         "      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent
 
-MODELS = ("yolo11n-shapes.pt", "yolo26n-shapes.pt")  # shipped when the converged benchmark has made them
+MODELS = ("yolo11n-shapes.pt", "yolo26n-shapes.pt", "yolo11s-shapes.pt")  # yolo26s-shapes.pt once trained
 
 
 def resolve_model(model):
