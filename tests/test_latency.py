@@ -143,7 +143,7 @@ def test_runtime_checks(monkeypatch):
 
 def test_bad_input_writes_nothing(tmp_path, cache):
     for args, key in (
-        (["prune_latency=0.5", "prune_runtime=tflite"], "prune_runtime"),
+        (["prune_latency=0.5", "prune_runtime=tensorrt"], "prune_runtime"),
         (["prune_latency=0.5", "prune=0.3"], "exclusive"),
         (["prune_latency=0.99", "imgsz=64"], "prune_latency=0.99 cannot be reached"),
         (["prune_latency=0.5", "imgsz=650"], "imgsz=650 is invalid"),
