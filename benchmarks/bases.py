@@ -24,6 +24,14 @@ from pathlib import Path
 from results_io import header, save
 
 
+def _epochs(run: Path) -> int:
+    """Epochs a run finished (results.csv rows, a repeated resumed epoch counted once)."""
+    import csv
+
+    with open(run / "results.csv") as f:
+        return len({int(float(r["epoch"])) for r in csv.DictReader(f)})
+
+
 def train_base(model: str, args: argparse.Namespace) -> dict:
     """Train ``model`` (``yolo11n`` ...) to the end of its schedule, or continue a stopped run; returns its record."""
     from ultralytics import YOLO
@@ -38,7 +46,9 @@ def train_base(model: str, args: argparse.Namespace) -> dict:
     last = run / "weights" / "last.pt"
     t0 = time.perf_counter()
     if args.record:  # a finished run's record written again (nothing trained)
-        pass
+        if not (run / "results.csv").is_file() or _epochs(run) < args.epochs:
+            print(f"bases.py --record: {model} has not finished its {args.epochs} epochs; skipped")
+            return {}
     elif last.is_file():  # a stopped run: Ultralytics' own resume (same args, same schedule)
         YOLO(str(last)).train(resume=True)
     else:

@@ -67,6 +67,8 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
     from accuracy_shared import evaluate, train
     from ultralytics import YOLO
 
+    from yolo_prune.cfg import PruneError
+
     row, seed, frac = spec["row"], spec["seed"], spec["fraction"]
     name = f"{family}_{row}{'' if frac is None else f'_{round(frac * 100)}'}_e{epochs}_s{seed}"
     kept = work / name / "row.json"
@@ -74,11 +76,17 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
         return json.loads(kept.read_text())
     scale = "n" if row in ("A_n", "NL") else "s"
     base = bases / f"{family}{scale}_base" / "weights" / "best.pt"
-    keys = {"S2N_L": {"prune_latency": target["prune_latency"], "prune_runtime": "onnxruntime"},
-            "S2N_G": {"prune": target["prune"]}, "SL": {"prune_latency": frac, "prune_runtime": "onnxruntime"},
-            "NL": {"prune_latency": frac, "prune_runtime": "onnxruntime"}}.get(row, {})  # fmt: skip
+    ort = {"prune_runtime": "onnxruntime", "prune_threads": 1}  # as n's latency was measured: 1 thread
+    keys = {"S2N_L": {"prune_latency": target["prune_latency"], **ort}, "S2N_G": {"prune": target["prune"]},
+            "SL": {"prune_latency": frac, **ort}, "NL": {"prune_latency": frac, **ort}}.get(row, {})  # fmt: skip
     t0 = time.perf_counter()
-    best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed, **keys)
+    try:
+        best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed, **keys)
+    except PruneError as e:  # the target out of reach at this size on this runtime: kept as a row that says so
+        out = {**spec, "family": family, "scale": scale, "epochs": epochs, "name": name, "keys": keys, "refused": str(e)}
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(out, indent=2))
+        return out
     out = {**spec, "family": family, "scale": scale, "epochs": epochs, "name": name, "keys": keys,
            "train_s": round(time.perf_counter() - t0, 1), **evaluate(best, P, device)}  # fmt: skip
     kept.write_text(json.dumps(out, indent=2))
@@ -93,7 +101,8 @@ def remeasure(work: Path, families: list[str]) -> None:
 
     files = {}
     for f in sorted(work.glob("*/row.json")):
-        if json.loads(f.read_text())["family"] in families:
+        r = json.loads(f.read_text())
+        if r["family"] in families and "refused" not in r:
             best = f.parent / "weights" / "best.pt"
             files[f] = YOLO(str(best)).export(format="onnx", imgsz=P["imgsz"], simplify=True)
     ms = time_interleaved({k: exported_runner(v, "onnx", 1, P["imgsz"]) for k, v in files.items()}, P["runs"])
@@ -106,7 +115,7 @@ def remeasure(work: Path, families: list[str]) -> None:
 def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (family, row, fraction): means and std over seeds."""
     groups: dict[tuple, list[dict]] = {}
-    for r in runs:
+    for r in (r for r in runs if "refused" not in r):
         groups.setdefault((r["family"], r["row"], r["fraction"]), []).append(r)
     out = []
     for (fam, row, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(TITLES).index(kv[0][1]))):
@@ -155,6 +164,7 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
         frac = "" if r["fraction"] is None else f"{r['fraction']:.0%}"
         body.append(f"| {r['family']} | {TITLES[r['row']]} | {frac} | {r['seeds']} | {r['params']:,} | "
                     f"{r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | {r['onnx_ms']:.2f} |")  # fmt: skip
+    body += ["", *(f"Refused: {r['name']}: {r['refused']}" for r in runs if "refused" in r)]
     body += ["", "Criterion (issue #21):", *verdicts(table, 0.015)]
     save(name, {**out, "targets": targets, "table": table, "runs": runs}, body)
 

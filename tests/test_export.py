@@ -181,3 +181,56 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_cpu(tmp_path):
     row = json.loads((tmp_path / "refused" / "gpu.json").read_text())["rows"][0]
     assert "cannot be reached" in row["latency_plan"]["refused"] and "prune_latency=0.97" not in row["ms"]
     assert "Refused: yolo11n" in (tmp_path / "refused" / "gpu.md").read_text()
+
+
+def test_a_failed_export_removes_only_what_it_wrote(tmp_path, monkeypatch):
+    """The exporter's own failure is one line, and only its outputs (named after the checkpoint) are removed: what was
+    there before, and what another process makes meanwhile, stay."""
+    from ultralytics.engine.model import Model
+
+    from yolo_prune.cfg import PruneError
+
+    pt = save_checkpoint(YOLO("yolo11n.yaml").model, tmp_path / "m.pt", {"task": "detect", "imgsz": 64})
+    (tmp_path / "m.onnx.txt").write_text("mine")  # there before: kept even though named after the checkpoint
+
+    def failing_export(self, **kwargs):
+        (tmp_path / "m.onnx").write_bytes(b"partial")
+        (tmp_path / "m_openvino_model").mkdir()
+        (tmp_path / "other.pt").write_bytes(b"another run's")
+        raise AssertionError("converter output too small")
+
+    monkeypatch.setattr(Model, "export", failing_export)
+    with pytest.raises(PruneError, match=r"^format=onnx: Ultralytics' exporter stopped: converter output too small "
+                                         r"\(removed what it had written: m.onnx, m_openvino_model\)$"):  # fmt: skip
+        export(pt, format="onnx", imgsz=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.txt", "m.pt", "other.pt"]
+
+
+def test_export_keys_as_ultralytics_maps_them(monkeypatch):
+    import ultralytics.engine.exporter as exporter
+
+    from yolo_prune.deploy import export as ex
+
+    assert ex._exported_nms("onnx", {"end2end": True}) is False  # Ultralytics' get_cfg: end2end=True -> nms=False
+    assert ex._exported_nms("onnx", {"end2end": False, "nms": True}) is True
+    assert ex._exported_nms("ncnn", {"nms": True}) is None  # no embedded NMS there: native outputs
+    assert ex._takes_data("openvino") and not ex._takes_data("ncnn")
+    table = exporter.export_formats()
+    old = {**table, "Arguments": [[a for a in args if a != "data"] for args in table["Arguments"]]}
+    monkeypatch.setattr(exporter, "export_formats", lambda: old)  # before 8.4.50 no format lists data=
+    assert ex._takes_data("openvino") and ex._takes_data("ncnn")  # ... and every format took it
+
+
+def test_torch_runner_times_at_prune_threads_and_restores_them():
+    from yolo_prune.engine.runtime import Runtime, torch_runner
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
+
+    before = torch.get_num_threads()
+    torch_runner(Probe(), (1, 3), Runtime("torch", "cpu", threads=1))()
+    assert seen == [1] and torch.get_num_threads() == before

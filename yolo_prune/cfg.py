@@ -86,7 +86,10 @@ def choice(options) -> Callable[[str, Any], Any]:
 def runtime_name(key: str, v: Any) -> str:
     """A ``prune_runtime``: a runtime's name, or the export format it runs (``onnx`` -> ``onnxruntime``)."""
     name = str(v).strip().lower()
-    return choice(RUNTIMES)(key, RUNTIME_ALIASES.get(name, name))
+    name = RUNTIME_ALIASES.get(name, name)
+    if name not in RUNTIMES:
+        raise _bad(key, v, ", ".join(RUNTIMES))  # named as given
+    return name
 
 
 def non_negative(key: str, v: Any) -> float:

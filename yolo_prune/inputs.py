@@ -119,9 +119,10 @@ def check_export_args(fmt: str, kwargs: dict[str, Any]) -> None:
     given = {k: v for k, v in kwargs.items() if k != "data"}
     try:
         validate_args(fmt, get_cfg(DEFAULT_CFG, {"batch": 1, "device": None, **given, "format": fmt}), valid)
-    except AssertionError as e:  # a key the format does not take
-        raise PruneError(f"{first_line(e).removeprefix('ERROR ').strip()}; accepted for format={fmt}: "
-                         f"{', '.join(k for k in valid if k != 'data') or 'imgsz only'}") from None  # fmt: skip
+    except AssertionError as e:  # a key the format does not take (or a precision: Ultralytics' line names them)
+        line = first_line(e).removeprefix("ERROR ").strip()
+        keys = ", ".join(k for k in valid if k != "data") or "imgsz only"
+        raise PruneError(line if line.startswith("quantize=") else f"{line}; accepted for format={fmt}: {keys}") from None
     except (TypeError, ValueError, SyntaxError) as e:  # a value of the wrong type, or a key no mode knows
         raise PruneError(first_line(e)) from None
 

@@ -233,14 +233,22 @@ def _arguments(fmt: str) -> list[str]:
     return dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
 
 
-def _exported_nms(fmt: str, nms: bool | None) -> bool | None:
-    """``nms`` as the exporter applies it: None for a format without embedded NMS (it exports native outputs)."""
+def _exported_nms(fmt: str, kwargs: dict[str, Any]) -> bool | None:
+    """``nms`` as the exporter applies it: the deprecated ``end2end`` mapped as Ultralytics' get_cfg maps it, and None
+    for a format without embedded NMS (it exports native outputs)."""
+    nms = kwargs.get("nms")
+    if kwargs.get("end2end") is not None:
+        nms = False if kwargs["end2end"] else True if nms is True else None
     return None if nms and "nms" not in _arguments(fmt) else nms
 
 
 def _takes_data(fmt: str) -> bool:
-    """Whether Ultralytics' exporter takes ``data=`` for ``fmt`` (calibration of static INT8)."""
-    return "data" in _arguments(fmt)
+    """Whether Ultralytics' exporter takes ``data=`` for ``fmt`` (calibration of static INT8); releases before 8.4.50
+    list it for no format and take it for all."""
+    from ultralytics.engine.exporter import export_formats
+
+    listed = any("data" in args for args in export_formats()["Arguments"])
+    return "data" in _arguments(fmt) or not listed
 
 
 def _no_parity(backend, format: str, quantize: int | str, nms: bool | None) -> str | None:
@@ -260,21 +268,35 @@ def _run_exporter(yolo, weights: str | Path, format: str, kwargs: dict[str, Any]
     """Ultralytics' exporter with nothing installed at run time. Its own checks (a platform, a key combination, a
     converter's result) raise AssertionError / ValueError: those become one line, and what the failed export had
     written beside the checkpoint is removed."""
-    import shutil
-
     # data= gives parity its image on every format; the exporter takes it only where it calibrates
     given = kwargs if _takes_data(format) else {k: v for k, v in kwargs.items() if k != "data"}
-    folder = Path(getattr(yolo, "ckpt_path", None) or weights).resolve().parent  # where the exporter writes
+    src = Path(getattr(yolo, "ckpt_path", None) or weights)
+    # where Ultralytics writes: beside the file as given (links not followed), the cwd for a yaml
+    folder = Path.cwd() if src.suffix in {".yaml", ".yml"} else src.absolute().parent
     before = set(folder.iterdir())
     try:
         with no_runtime_installs():
             return yolo.export(format=format, **given)
     except (AssertionError, ValueError) as e:
-        left = sorted(set(folder.iterdir()) - before)
-        for p in left:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        removed = f" (removed what it had written: {', '.join(p.name for p in left)})" if left else ""
+        left = _remove_new_outputs(folder, src.stem, before)
+        removed = f" (removed what it had written: {', '.join(left)})" if left else ""
         raise PruneError(f"format={format}: Ultralytics' exporter stopped: {first_line(e)}{removed}") from e
+
+
+def _remove_new_outputs(folder: Path, stem: str, before: set[Path]) -> list[str]:
+    """Remove what an export of ``stem`` left in ``folder`` since ``before``: only entries named after the checkpoint
+    (every Ultralytics output is ``<stem>.<suffix>`` or ``<stem>_<format>_model``), so nothing another process made
+    there meanwhile goes; returns their names."""
+    import shutil
+
+    left = sorted(p for p in set(folder.iterdir()) - before if p.name.startswith(f"{stem}.") or
+                  p.name.startswith(f"{stem}_"))  # fmt: skip
+    for p in left:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return [p.name for p in left]
 
 
 def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str, Any]:
@@ -310,7 +332,7 @@ def export(weights: str | Path, format: str = "onnx", **kwargs: Any) -> dict[str
         kwargs["data"] = resolve_data(kwargs["data"], task)
     file = _run_exporter(yolo, weights, format, kwargs)
     result = {"file": str(file), "format": format, "quantize": quantize, "max_abs_diff": None, "criterion": None}
-    nms = _exported_nms(format, kwargs.get("nms"))
+    nms = _exported_nms(format, kwargs)
     if skip := _no_parity(backend, format, quantize, nms):
         LOGGER.warning(f"yolo-prune: parity NOT checked for {file}: {skip}")
         result["skipped"] = skip

@@ -147,13 +147,14 @@ def mnn_module(file: Path, threads: int, precision: str, inputs=(), outputs=()):
 def reset_executorch_threads(threads: int | None) -> None:
     """ExecuTorch's XNNPACK uses one process-wide thread pool, which a loaded method holds: set it before loading.
 
-    Always to an explicit size (None: one per core, ExecuTorch's own default), so a table timed at ``threads=None``
+    Always to an explicit size (None: one per core this process may use), so a table timed at ``threads=None``
     after a load at another count in the same process is not timed at that count. Resizing replaces the pool:
     methods loaded before at another count must not run again (every caller loads what it runs after resetting).
     """
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-    _unsafe_reset_threadpool(threads or os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # a cpuset's
+    _unsafe_reset_threadpool(threads or cores or 1)
 
 
 # --- sessions: an export loaded on its runtime -----------------------------------------------------------------------

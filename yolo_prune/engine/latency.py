@@ -37,7 +37,8 @@ from .backends import BACKENDS
 from .convs import call_overhead_ms, time_conv, time_convs
 from .runtime import Runtime, measure_models
 
-TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept (tables of 1 are re-timed)
+TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
+# ExecuTorch pool always sized (tables of 1 are re-timed)
 
 
 def latency_cache_dir() -> Path:

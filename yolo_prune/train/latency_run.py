@@ -60,8 +60,9 @@ class LatencyRun:
             broadcast_from_rank0(lat)
         if isinstance(lat, str):  # rank 0 refused the target: stop every rank with its line
             raise PruneError(lat)
-        # the last step is timed against it; the CPU holds it (model_runner moves what it times to the runtime)
-        self.start_model = prepare_model(copy.deepcopy(model)).cpu().eval()
+        # the last step is timed against it (on the ranks that time); the CPU holds it (model_runner moves it)
+        if RANK in {-1, 0}:
+            self.start_model = prepare_model(copy.deepcopy(model)).cpu().eval()
         return lat
 
     def _start_rank0(self, trainer, model, cfg: PruneConfig) -> dict:
