@@ -56,10 +56,20 @@ def n_target(bases: Path, family: str) -> dict:
     return out
 
 
-def specs(seeds: int, fronts: list[float]) -> list[dict]:
-    """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last."""
+def specs(seeds: int, fronts: list[float], lever: str | None = None) -> list[dict]:
+    """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last; with
+    ``lever`` (``key=value,...``), only the S2N_L rows with those keys added."""
+    if lever:
+        return [{"row": "S2N_L", "seed": s, "fraction": None, "lever": lever} for s in range(seeds)]
     out = [{"row": r, "seed": s, "fraction": None} for s in range(seeds) for r in ("S2N_L", "A_n", "S2N_G", "A_s")]
     return out + [{"row": r, "seed": 0, "fraction": f} for f in fronts for r in ("SL", "NL")]
+
+
+def lever_keys(lever: str | None) -> dict:
+    """``prune_max_ratio=0.5,prune_steps=8`` -> keys (values read as YAML, as the CLI reads them)."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in lever.split(","))} if lever else {}
 
 
 def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, device: str, work: Path) -> dict:
@@ -70,7 +80,8 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
     from yolo_prune.cfg import PruneError
 
     row, seed, frac = spec["row"], spec["seed"], spec["fraction"]
-    name = f"{family}_{row}{'' if frac is None else f'_{round(frac * 100)}'}_e{epochs}_s{seed}"
+    tag = "".join(c if c.isalnum() or c == "." else "_" for c in spec.get("lever") or "")
+    name = f"{family}_{row}{'' if frac is None else f'_{round(frac * 100)}'}{f'_{tag}' if tag else ''}_e{epochs}_s{seed}"
     kept = work / name / "row.json"
     if kept.exists():
         return json.loads(kept.read_text())
@@ -79,6 +90,7 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
     ort = {"prune_runtime": "onnxruntime", "prune_threads": 1}  # as n's latency was measured: 1 thread
     keys = {"S2N_L": {"prune_latency": target["prune_latency"], **ort}, "S2N_G": {"prune": target["prune"]},
             "SL": {"prune_latency": frac, **ort}, "NL": {"prune_latency": frac, **ort}}.get(row, {})  # fmt: skip
+    keys.update(lever_keys(spec.get("lever")))
     t0 = time.perf_counter()
     try:
         best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed, **keys)
@@ -116,11 +128,12 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (family, row, fraction): means and std over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in (r for r in runs if "refused" not in r):
-        groups.setdefault((r["family"], r["row"], r["fraction"]), []).append(r)
+        groups.setdefault((r["family"], r["row"], r["fraction"], r.get("lever")), []).append(r)
     out = []
-    for (fam, row, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(TITLES).index(kv[0][1]))):
+    order = lambda kv: (kv[0][0], list(TITLES).index(kv[0][1]), kv[0][3] or "")  # noqa: E731
+    for (fam, row, frac, lever), rs in sorted(groups.items(), key=order):
         maps = [r["map50_95"] for r in rs]
-        out.append({"family": fam, "row": row, "fraction": frac, "seeds": len(rs), "epochs": rs[0]["epochs"],
+        out.append({"family": fam, "row": row, "fraction": frac, "lever": lever, "seeds": len(rs), "epochs": rs[0]["epochs"],
                     "params": rs[0]["params"], "gflops": rs[0]["gflops"], "map50_95": round(statistics.mean(maps), 4),
                     "map50_95_std": round(statistics.stdev(maps), 4) if len(maps) > 1 else 0.0,
                     "onnx_ms": round(statistics.mean(r["onnx_ms"] for r in rs), 3),
@@ -132,7 +145,7 @@ def verdicts(table: list[dict], need: float) -> list[str]:
     """The issue's criterion per family: s pruned to n's latency beats A_n by ``need`` mAP50-95 (means of the seeds)."""
     lines = []
     for fam in sorted({r["family"] for r in table}):
-        rows = {r["row"]: r for r in table if r["family"] == fam and r["fraction"] is None}
+        rows = {r["row"]: r for r in table if r["family"] == fam and r["fraction"] is None and not r["lever"]}
         if "S2N_L" not in rows or "A_n" not in rows:
             lines.append(f"- {fam}: not measured (rows missing)")
             continue
@@ -162,21 +175,30 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in table:
         frac = "" if r["fraction"] is None else f"{r['fraction']:.0%}"
-        body.append(f"| {r['family']} | {TITLES[r['row']]} | {frac} | {r['seeds']} | {r['params']:,} | "
+        title = TITLES[r["row"]] + (f" ({r['lever']})" if r["lever"] else "")
+        body.append(f"| {r['family']} | {title} | {frac} | {r['seeds']} | {r['params']:,} | "
                     f"{r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | {r['onnx_ms']:.2f} |")  # fmt: skip
     body += ["", *(f"Refused: {r['name']}: {r['refused']}" for r in runs if "refused" in r)]
     body += ["", "Criterion (issue #21):", *verdicts(table, 0.015)]
+    a_n = {r["family"]: r for r in table if r["row"] == "A_n"}
+    body += [f"- lever {r['lever']}: {r['family']} s pruned to n's latency {r['map50_95']:.4f} vs A_n "
+             f"{a_n[r['family']]['map50_95']:.4f} ({r['map50_95'] - a_n[r['family']]['map50_95']:+.4f}, seeds "
+             f"{r['seeds']})" for r in table if r["lever"] and r["family"] in a_n]  # fmt: skip
     save(name, {**out, "targets": targets, "table": table, "runs": runs}, body)
 
     fams = sorted(targets)
     fig, axes = plt.subplots(1, len(fams), figsize=(6 * len(fams), 4.5), dpi=120, squeeze=False)
     for ax, fam in zip(axes[0], fams):
         for row, style in (("A_n", "s"), ("A_s", "D"), ("S2N_L", "o"), ("S2N_G", "^"), ("SL", "o"), ("NL", "v")):
-            pts = sorted((r for r in table if r["family"] == fam and r["row"] == row), key=lambda r: r["onnx_ms"])
+            pts = sorted((r for r in table if r["family"] == fam and r["row"] == row and not r["lever"]),
+                         key=lambda r: r["onnx_ms"])
             if pts:
                 ax.errorbar([r["onnx_ms"] for r in pts], [r["map50_95"] for r in pts],
                             yerr=[r["map50_95_std"] for r in pts], fmt=style + ("-" if len(pts) > 1 else ""),
                             capsize=3, label=TITLES[row])  # fmt: skip
+        for r in (r for r in table if r["family"] == fam and r["lever"]):
+            ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="o", capsize=3,
+                        label=f"{TITLES[r['row']]} ({r['lever']})")  # fmt: skip
         ax.set(xlabel="ONNX Runtime CPU ms (batch 1, 1 thread)", ylabel="val mAP50-95", title=f"{fam}: up-left wins")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -195,6 +217,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="runs/cross_scale")
     ap.add_argument("--name", default="cross_scale")
+    ap.add_argument("--lever", help="key=value[,key=value]: only the S2N_L rows, with these keys (a recipe lever)")
     args = ap.parse_args()
     bases, work = Path(args.bases).resolve(), Path(args.work).resolve()
     fams = args.families.split(",")
@@ -202,7 +225,7 @@ def main() -> None:
     out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
     targets = {f: n_target(bases, f) for f in fams}
     t0 = time.perf_counter()
-    for spec in specs(args.seeds, fronts):  # seed by seed across families: a stopped run has comparable rows
+    for spec in specs(args.seeds, fronts, args.lever):  # seed by seed across families: a stopped run has comparable rows
         for fam in fams:
             run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)
             out["wall_s"] = round(time.perf_counter() - t0, 1)
