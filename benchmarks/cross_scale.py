@@ -30,12 +30,20 @@ from results_io import RESULTS, header, save, save_csv
 
 P = {"data": "shapes-500", "imgsz": 128, "batch": 16, "nbs": 16, "runs": 100, "threads": 1}  # as benchmarks/bases.py
 TITLES = {"A_n": "n base trained on", "A_s": "s base trained on", "S2N_L": "s pruned to n's latency",
-          "S2N_G": "s pruned to n's GFLOPs", "SL": "s at prune_latency", "NL": "n at prune_latency"}  # fmt: skip
+          "S2N_L1": "s one-shot pruned to n's latency, then fine-tuned", "S2N_G": "s pruned to n's GFLOPs",
+          "SL": "s at prune_latency", "NL": "n at prune_latency"}  # fmt: skip
+LAT = {"imgsz": P["imgsz"]}  # where latency is measured (--latency-imgsz: the deployment size; training stays at 128)
+
+
+def ms_key() -> str:
+    """The row field of the latency measured at LAT's size."""
+    return "onnx_ms" if LAT["imgsz"] == P["imgsz"] else f"onnx_ms_{LAT['imgsz']}"
 
 
 def n_target(bases: Path, family: str) -> dict:
-    """n's latency and GFLOPs as fractions of s's: measured once (interleaved, 1 thread), then kept in the work folder."""
-    kept = bases / f"{family}_cross_target.json"
+    """n's latency and GFLOPs as fractions of s's: measured once (interleaved, 1 thread), kept in the bases folder."""
+    sz = LAT["imgsz"]
+    kept = bases / f"{family}_cross_target{'' if sz == P['imgsz'] else f'_{sz}'}.json"
     if kept.exists():
         return json.loads(kept.read_text())
     from ultralytics import YOLO
@@ -44,8 +52,8 @@ def n_target(bases: Path, family: str) -> dict:
     from yolo_prune.engine.runtime import exported_runner, time_interleaved
 
     w = {s: bases / f"{family}{s}_base" / "weights" / "best.pt" for s in ("n", "s")}
-    files = {s: YOLO(str(f)).export(format="onnx", imgsz=P["imgsz"], simplify=True) for s, f in w.items()}
-    reps = [time_interleaved({s: exported_runner(f, "onnx", 1, P["imgsz"]) for s, f in files.items()}, P["runs"])
+    files = {s: YOLO(str(f)).export(format="onnx", imgsz=sz, simplify=True) for s, f in w.items()}
+    reps = [time_interleaved({s: exported_runner(f, "onnx", 1, sz) for s, f in files.items()}, P["runs"])
             for _ in range(3)]  # fmt: skip
     ratio = statistics.median(r["n"]["median_ms"] / r["s"]["median_ms"] for r in reps)
     g = {s: model_info(YOLO(str(f)).model, 640)["gflops"] for s, f in w.items()}
@@ -61,6 +69,8 @@ def specs(seeds: int, fronts: list[float], lever: str | None = None) -> list[dic
     ``lever`` (``key=value,...``), only the S2N_L rows with those keys added."""
     if lever:
         return [{"row": "S2N_L", "seed": s, "fraction": None, "lever": lever} for s in range(seeds)]
+    if LAT["imgsz"] != P["imgsz"]:  # latency at the deployment size: s one-shot pruned there, then fine-tuned
+        return [{"row": "S2N_L1", "seed": s, "fraction": None, "latency_imgsz": LAT["imgsz"]} for s in range(seeds)]
     out = [{"row": r, "seed": s, "fraction": None} for s in range(seeds) for r in ("S2N_L", "A_n", "S2N_G", "A_s")]
     return out + [{"row": r, "seed": 0, "fraction": f} for f in fronts for r in ("SL", "NL")]
 
@@ -81,7 +91,10 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
 
     row, seed, frac = spec["row"], spec["seed"], spec["fraction"]
     tag = "".join(c if c.isalnum() or c == "." else "_" for c in spec.get("lever") or "")
-    name = f"{family}_{row}{'' if frac is None else f'_{round(frac * 100)}'}{f'_{tag}' if tag else ''}_e{epochs}_s{seed}"
+    tag += f"{spec['latency_imgsz']}" if spec.get("latency_imgsz") else ""
+    name = (
+        f"{family}_{row}{'' if frac is None else f'_{round(frac * 100)}'}{f'_{tag}' if tag else ''}_e{epochs}_s{seed}"
+    )
     kept = work / name / "row.json"
     if kept.exists():
         return json.loads(kept.read_text())
@@ -92,10 +105,31 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
             "SL": {"prune_latency": frac, **ort}, "NL": {"prune_latency": frac, **ort}}.get(row, {})  # fmt: skip
     keys.update(lever_keys(spec.get("lever")))
     t0 = time.perf_counter()
+    if row == "S2N_L1":  # one-shot at the latency size (ONNX Runtime, 1 thread), then a plain fine-tune at 128
+        from yolo_prune import prune_model
+        from yolo_prune.checkpoint import save_checkpoint
+        from yolo_prune.engine.runtime import Runtime
+
+        sz, net = spec["latency_imgsz"], YOLO(str(base)).model
+        keys = {"prune_latency": target["prune_latency"], "imgsz": sz, "prune_threads": 1}
+        prune_model(
+            net, prune_latency=target["prune_latency"], imgsz=sz, runtime=Runtime("onnxruntime", "cpu", 1, 1, sz)
+        )
+        work.mkdir(parents=True, exist_ok=True)
+        base = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": P["imgsz"]})
     try:
-        best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed, **keys)
+        best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed,
+                        **({} if row == "S2N_L1" else keys))  # fmt: skip
     except PruneError as e:  # the target out of reach at this size on this runtime: kept as a row that says so
-        out = {**spec, "family": family, "scale": scale, "epochs": epochs, "name": name, "keys": keys, "refused": str(e)}
+        out = {
+            **spec,
+            "family": family,
+            "scale": scale,
+            "epochs": epochs,
+            "name": name,
+            "keys": keys,
+            "refused": str(e),
+        }
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(out, indent=2))
         return out
@@ -116,11 +150,11 @@ def remeasure(work: Path, families: list[str]) -> None:
         r = json.loads(f.read_text())
         if r["family"] in families and "refused" not in r:
             best = f.parent / "weights" / "best.pt"
-            files[f] = YOLO(str(best)).export(format="onnx", imgsz=P["imgsz"], simplify=True)
-    ms = time_interleaved({k: exported_runner(v, "onnx", 1, P["imgsz"]) for k, v in files.items()}, P["runs"])
+            files[f] = YOLO(str(best)).export(format="onnx", imgsz=LAT["imgsz"], simplify=True)
+    ms = time_interleaved({k: exported_runner(v, "onnx", 1, LAT["imgsz"]) for k, v in files.items()}, P["runs"])
     for k, v in ms.items():
         r = json.loads(k.read_text())
-        r.update(onnx_ms=round(v["median_ms"], 3), onnx_timing="interleaved, 1 thread")
+        r.update({ms_key(): round(v["median_ms"], 3), "onnx_timing": "interleaved, 1 thread"})
         k.write_text(json.dumps(r, indent=2))
 
 
@@ -133,10 +167,11 @@ def aggregate(runs: list[dict]) -> list[dict]:
     order = lambda kv: (kv[0][0], list(TITLES).index(kv[0][1]), kv[0][3] or "")  # noqa: E731
     for (fam, row, frac, lever), rs in sorted(groups.items(), key=order):
         maps = [r["map50_95"] for r in rs]
-        out.append({"family": fam, "row": row, "fraction": frac, "lever": lever, "seeds": len(rs), "epochs": rs[0]["epochs"],
+        out.append({"family": fam, "row": row, "fraction": frac, "lever": lever, "seeds": len(rs),
+                    "epochs": rs[0]["epochs"],
                     "params": rs[0]["params"], "gflops": rs[0]["gflops"], "map50_95": round(statistics.mean(maps), 4),
                     "map50_95_std": round(statistics.stdev(maps), 4) if len(maps) > 1 else 0.0,
-                    "onnx_ms": round(statistics.mean(r["onnx_ms"] for r in rs), 3),
+                    "onnx_ms": round(statistics.mean(r[ms_key()] for r in rs), 3),
                     "train_s": round(statistics.mean(r["train_s"] for r in rs), 1)})  # fmt: skip
     return out
 
@@ -146,10 +181,10 @@ def verdicts(table: list[dict], need: float) -> list[str]:
     lines = []
     for fam in sorted({r["family"] for r in table}):
         rows = {r["row"]: r for r in table if r["family"] == fam and r["fraction"] is None and not r["lever"]}
-        if "S2N_L" not in rows or "A_n" not in rows:
+        if "A_n" not in rows or not {"S2N_L", "S2N_L1"} & set(rows):
             lines.append(f"- {fam}: not measured (rows missing)")
             continue
-        b, a = rows["S2N_L"], rows["A_n"]
+        b, a = rows.get("S2N_L1") or rows["S2N_L"], rows["A_n"]
         gap = b["map50_95"] - a["map50_95"]
         lines.append(f"- {fam}: s pruned to n's latency {b['map50_95']:.4f} ({b['onnx_ms']:.2f} ms) vs A_n "
                      f"{a['map50_95']:.4f} ({a['onnx_ms']:.2f} ms): {gap:+.4f}, target >= +{need:.3f}: "
@@ -167,7 +202,8 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     table = aggregate(runs)
     save_csv(name, table, list(table[0]) if table else [])
     body = [f"Data {P['data']}, imgsz {P['imgsz']}, batch {P['batch']}; every row fine-tuned {out['epochs']} epochs "
-            "from its base (benchmarks/bases.py) with the same recipe. ONNX Runtime: batch 1, 1 thread, every run's "
+            f"from its base (benchmarks/bases.py) with the same recipe. ONNX Runtime: imgsz {LAT['imgsz']}, batch 1, "
+            "1 thread, every run's "
             "best.pt timed in one interleaved pass. Targets: " + "; ".join(
                 f"{f}: n/s latency {t['latency_ratio']:.3f} (prune_latency={t['prune_latency']:.3f}), GFLOPs "
                 f"{t['gflops_n']:.2f}/{t['gflops_s']:.2f} (prune={t['prune']:.3f})" for f, t in targets.items()),
@@ -177,7 +213,8 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
         frac = "" if r["fraction"] is None else f"{r['fraction']:.0%}"
         title = TITLES[r["row"]] + (f" ({r['lever']})" if r["lever"] else "")
         body.append(f"| {r['family']} | {title} | {frac} | {r['seeds']} | {r['params']:,} | "
-                    f"{r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | {r['onnx_ms']:.2f} |")  # fmt: skip
+                    f"{r['gflops']:.2f} | {r['map50_95']:.4f} +/- {r['map50_95_std']:.4f} | "
+                    f"{r['onnx_ms']:.2f} |")  # fmt: skip
     body += ["", *(f"Refused: {r['name']}: {r['refused']}" for r in runs if "refused" in r)]
     body += ["", "Criterion (issue #21):", *verdicts(table, 0.015)]
     a_n = {r["family"]: r for r in table if r["row"] == "A_n"}
@@ -190,8 +227,10 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     fig, axes = plt.subplots(1, len(fams), figsize=(6 * len(fams), 4.5), dpi=120, squeeze=False)
     for ax, fam in zip(axes[0], fams):
         for row, style in (("A_n", "s"), ("A_s", "D"), ("S2N_L", "o"), ("S2N_G", "^"), ("SL", "o"), ("NL", "v")):
-            pts = sorted((r for r in table if r["family"] == fam and r["row"] == row and not r["lever"]),
-                         key=lambda r: r["onnx_ms"])
+            pts = sorted(
+                (r for r in table if r["family"] == fam and r["row"] == row and not r["lever"]),
+                key=lambda r: r["onnx_ms"],
+            )
             if pts:
                 ax.errorbar([r["onnx_ms"] for r in pts], [r["map50_95"] for r in pts],
                             yerr=[r["map50_95_std"] for r in pts], fmt=style + ("-" if len(pts) > 1 else ""),
@@ -217,15 +256,24 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="runs/cross_scale")
     ap.add_argument("--name", default="cross_scale")
+    ap.add_argument(
+        "--latency-imgsz",
+        type=int,
+        help="measure latency here (e.g. 640): s one-shot pruned to n's "
+        "latency at that size, fine-tuned at 128; every row re-timed at that size",
+    )
     ap.add_argument("--lever", help="key=value[,key=value]: only the S2N_L rows, with these keys (a recipe lever)")
     args = ap.parse_args()
+    LAT["imgsz"] = args.latency_imgsz or P["imgsz"]
     bases, work = Path(args.bases).resolve(), Path(args.work).resolve()
     fams = args.families.split(",")
     fronts = [float(f) for f in args.fronts.split(",") if f]
     out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
     targets = {f: n_target(bases, f) for f in fams}
     t0 = time.perf_counter()
-    for spec in specs(args.seeds, fronts, args.lever):  # seed by seed across families: a stopped run has comparable rows
+    for spec in specs(
+        args.seeds, fronts, args.lever
+    ):  # seed by seed across families: a stopped run has comparable rows
         for fam in fams:
             run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)
             out["wall_s"] = round(time.perf_counter() - t0, 1)
