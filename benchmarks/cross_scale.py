@@ -3,6 +3,9 @@
 Usage:
   python benchmarks/cross_scale.py --bases /tmp/bench/bases          # yolo11 and yolo26, 3 seeds, 30 epochs each
   python benchmarks/cross_scale.py --bases runs/bases --families yolo11 --seeds 1 --epochs 10 --name cross_scale_quick
+  python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --lever prune_max_ratio=0.6
+  python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --latency-imgsz 640 \
+      --name cross_scale_640                                       # latency matched at the deployment size
 
 Bases: ``benchmarks/bases.py`` (every epoch of the schedule, then close_mosaic), in ``--bases`` as
 ``<family><scale>_base/weights/best.pt``. Rows per family, each fine-tuned for the same ``--epochs`` with the same
@@ -11,6 +14,8 @@ recipe, per seed:
   A_s   the s base trained on
   S2N_L the s base with ``prune_latency`` set to n's measured latency (ONNX Runtime, 1 thread, imgsz of the data)
   S2N_G the s base with ``prune=`` set to n's GFLOPs
+  S2N_L1 (``--latency-imgsz N``) the s base one-shot pruned to n's latency measured at N px, then fine-tuned
+  ``--lever key=value,...``: S2N_L rows with those keys added (a recipe lever), next to the others
 and, seed 0 only, the points of the Pareto chart: the s base at other latency targets (``--fronts``) and the n base
 at them. n's latency is measured once, interleaved with s at 1 thread (the target every S2N_L run prunes to). At the
 end every run's best.pt is exported to ONNX and timed again, all interleaved at 1 thread in one process, so the
