@@ -72,10 +72,11 @@ def n_target(bases: Path, family: str) -> dict:
 def specs(seeds: int, fronts: list[float], lever: str | None = None) -> list[dict]:
     """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last; with
     ``lever`` (``key=value,...``), only the S2N_L rows with those keys added."""
+    if LAT["imgsz"] != P["imgsz"]:  # latency at the deployment size: s one-shot pruned there, then fine-tuned
+        one = {"row": "S2N_L1", "fraction": None, "latency_imgsz": LAT["imgsz"], **({"lever": lever} if lever else {})}
+        return [{**one, "seed": s} for s in range(seeds)]
     if lever:
         return [{"row": "S2N_L", "seed": s, "fraction": None, "lever": lever} for s in range(seeds)]
-    if LAT["imgsz"] != P["imgsz"]:  # latency at the deployment size: s one-shot pruned there, then fine-tuned
-        return [{"row": "S2N_L1", "seed": s, "fraction": None, "latency_imgsz": LAT["imgsz"]} for s in range(seeds)]
     out = [{"row": r, "seed": s, "fraction": None} for s in range(seeds) for r in ("S2N_L", "A_n", "S2N_G", "A_s")]
     return out + [{"row": r, "seed": 0, "fraction": f} for f in fronts for r in ("SL", "NL")]
 
@@ -116,7 +117,7 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
         from yolo_prune.engine.runtime import Runtime
 
         sz, net = spec["latency_imgsz"], YOLO(str(base)).model
-        keys = {"prune_latency": target["prune_latency"], "imgsz": sz, "prune_threads": 1}
+        keys = {"prune_latency": target["prune_latency"], "imgsz": sz, "prune_threads": 1, **lever_keys(spec.get("lever"))}
         prune_model(
             net, prune_latency=target["prune_latency"], imgsz=sz, runtime=Runtime("onnxruntime", "cpu", 1, 1, sz)
         )
@@ -124,7 +125,7 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
         base = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": P["imgsz"]})
     try:
         best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed,
-                        **({} if row == "S2N_L1" else keys))  # fmt: skip
+                        **(lever_keys(spec.get("lever")) if row == "S2N_L1" else keys))  # fmt: skip
     except PruneError as e:  # the target out of reach at this size on this runtime: kept as a row that says so
         out = {
             **spec,
