@@ -100,6 +100,14 @@ def check_export_format(fmt: Any) -> str:
     return name
 
 
+def export_arguments(fmt: str) -> list[str] | None:
+    """The export keys Ultralytics' exporter takes for ``fmt`` (its export_formats table); None for an unlisted one."""
+    from ultralytics.engine.exporter import export_formats
+
+    table = export_formats()
+    return dict(zip(table["Argument"], table["Arguments"])).get(fmt)
+
+
 def check_export_args(fmt: str, kwargs: dict[str, Any]) -> None:
     """Raise one line for an export key ``fmt`` does not take, by Ultralytics' own rule (``validate_args`` on the
     exporter's per-format Arguments), before anything is exported; ``data`` is left out: yolo-prune reads its parity
@@ -109,11 +117,10 @@ def check_export_args(fmt: str, kwargs: dict[str, Any]) -> None:
         PruneError: A key the format does not take, or a value Ultralytics' config refuses.
     """
     from ultralytics.cfg import get_cfg
-    from ultralytics.engine.exporter import export_formats, validate_args
+    from ultralytics.engine.exporter import validate_args
     from ultralytics.utils import DEFAULT_CFG
 
-    table = export_formats()
-    valid = dict(zip(table["Argument"], table["Arguments"])).get(fmt)
+    valid = export_arguments(fmt)
     if valid is None:  # a format this release does not list: check_export_format refuses it
         return
     given = {k: v for k, v in kwargs.items() if k != "data"}

@@ -21,7 +21,7 @@ from ..cfg import PruneError
 from ..checkpoint import load_model
 from ..datasets import make_image, resolve_data
 from ..engine.backends import FORMATS, check_backend, load_session, no_runtime_installs, precision_found
-from ..inputs import canonical_format, check_export_args, check_installed, first_line
+from ..inputs import canonical_format, check_export_args, check_installed, export_arguments, first_line
 from ..support import FEATURES, has, require, version
 
 # Parity criterion by precision (``quantize``): (statistic, bound). fp32 and fp16 bound the worst output element
@@ -225,21 +225,13 @@ def _check_format(fmt: str, quantize: int | str, kwargs: dict[str, Any]):
     return backend
 
 
-def _arguments(fmt: str) -> list[str]:
-    """The export keys Ultralytics' exporter takes for ``fmt`` (its export_formats table)."""
-    from ultralytics.engine.exporter import export_formats
-
-    table = export_formats()
-    return dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
-
-
 def _exported_nms(fmt: str, kwargs: dict[str, Any]) -> bool | None:
     """``nms`` as the exporter applies it: the deprecated ``end2end`` mapped as Ultralytics' get_cfg maps it, and None
     for a format without embedded NMS (it exports native outputs)."""
     nms = kwargs.get("nms")
     if kwargs.get("end2end") is not None:
         nms = False if kwargs["end2end"] else True if nms is True else None
-    return None if nms and "nms" not in _arguments(fmt) else nms
+    return None if nms and "nms" not in (export_arguments(fmt) or []) else nms
 
 
 def _takes_data(fmt: str) -> bool:
@@ -248,7 +240,7 @@ def _takes_data(fmt: str) -> bool:
     from ultralytics.engine.exporter import export_formats
 
     listed = any("data" in args for args in export_formats()["Arguments"])
-    return "data" in _arguments(fmt) or not listed
+    return "data" in (export_arguments(fmt) or []) or not listed
 
 
 def _no_parity(backend, format: str, quantize: int | str, nms: bool | None) -> str | None:
