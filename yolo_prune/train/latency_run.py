@@ -60,9 +60,6 @@ class LatencyRun:
             broadcast_from_rank0(lat)
         if isinstance(lat, str):  # rank 0 refused the target: stop every rank with its line
             raise PruneError(lat)
-        # the last step is timed against it (on the ranks that time); the CPU holds it (model_runner moves it)
-        if RANK in {-1, 0}:
-            self.start_model = prepare_model(copy.deepcopy(model)).cpu().eval()
         return lat
 
     def _start_rank0(self, trainer, model, cfg: PruneConfig) -> dict:
@@ -76,6 +73,7 @@ class LatencyRun:
             net, lat["fraction"], self.runtime(trainer, lat), "l2", cfg.prune_round, table=table, measure=False,
             **options,
         )  # fmt: skip
+        self.start_model = net.cpu().eval()  # the last step is timed against it (rank 0 times; model_runner moves it)
         return lat
 
     def plan(self, trainer, model, state: dict, k: int, n: int, options: dict):
