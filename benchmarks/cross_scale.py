@@ -36,7 +36,9 @@ from results_io import RESULTS, header, save, save_csv
 P = {"data": "shapes-500", "imgsz": 128, "batch": 16, "nbs": 16, "runs": 100, "threads": 1}  # as benchmarks/bases.py
 TITLES = {"A_n": "n base trained on", "A_s": "s base trained on", "S2N_L": "s pruned to n's latency",
           "S2N_L1": "s one-shot pruned to n's latency, then fine-tuned", "S2N_G": "s pruned to n's GFLOPs",
-          "SL": "s at prune_latency", "NL": "n at prune_latency"}  # fmt: skip
+          "SL": "s at prune_latency", "NL": "n at prune_latency",
+          "SL1": "s one-shot at prune_latency, then fine-tuned",
+          "NL1": "n one-shot at prune_latency, then fine-tuned"}  # fmt: skip
 LAT = {"imgsz": P["imgsz"]}  # where latency is measured (--latency-imgsz: the deployment size; training stays at 128)
 
 
@@ -71,14 +73,16 @@ def n_target(bases: Path, family: str) -> dict:
 
 def specs(seeds: int, fronts: list[float], lever: str | None = None) -> list[dict]:
     """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last; with
-    ``lever`` (``key=value,...``), only the S2N_L rows with those keys added."""
-    if LAT["imgsz"] != P["imgsz"]:  # latency at the deployment size: s one-shot pruned there, then fine-tuned
-        one = {"row": "S2N_L1", "fraction": None, "latency_imgsz": LAT["imgsz"], **({"lever": lever} if lever else {})}
-        return [{**one, "seed": s} for s in range(seeds)]
+    ``lever`` (``key=value,...``), only the s-to-n-latency rows with those keys added. With latency measured at the
+    deployment size (``--latency-imgsz``), the latency rows are one-shot there, then fine-tuned (S2N_L1, SL1, NL1)."""
+    one = LAT["imgsz"] != P["imgsz"]
+    main, fr = ("S2N_L1", ("SL1", "NL1")) if one else ("S2N_L", ("SL", "NL"))
+    at = {"latency_imgsz": LAT["imgsz"]} if one else {}
     if lever:
-        return [{"row": "S2N_L", "seed": s, "fraction": None, "lever": lever} for s in range(seeds)]
-    out = [{"row": r, "seed": s, "fraction": None} for s in range(seeds) for r in ("S2N_L", "A_n", "S2N_G", "A_s")]
-    return out + [{"row": r, "seed": 0, "fraction": f} for f in fronts for r in ("SL", "NL")]
+        return [{"row": main, "seed": s, "fraction": None, "lever": lever, **at} for s in range(seeds)]
+    rows = (main, "A_n", "S2N_G", "A_s")
+    out = [{"row": r, "seed": s, "fraction": None, **(at if r == main else {})} for s in range(seeds) for r in rows]
+    return out + [{"row": r, "seed": 0, "fraction": f, **at} for f in fronts for r in fr]
 
 
 def lever_keys(lever: str | None) -> dict:
@@ -104,28 +108,27 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
     kept = work / name / "row.json"
     if kept.exists():
         return json.loads(kept.read_text())
-    scale = "n" if row in ("A_n", "NL") else "s"
+    scale = "n" if row in ("A_n", "NL", "NL1") else "s"
     base = bases / f"{family}{scale}_base" / "weights" / "best.pt"
     ort = {"prune_runtime": "onnxruntime", "prune_threads": 1}  # as n's latency was measured: 1 thread
     keys = {"S2N_L": {"prune_latency": target["prune_latency"], **ort}, "S2N_G": {"prune": target["prune"]},
             "SL": {"prune_latency": frac, **ort}, "NL": {"prune_latency": frac, **ort}}.get(row, {})  # fmt: skip
     keys.update(lever_keys(spec.get("lever")))
     t0 = time.perf_counter()
-    if row == "S2N_L1":  # one-shot at the latency size (ONNX Runtime, 1 thread), then a plain fine-tune at 128
+    if row in ("S2N_L1", "SL1", "NL1"):  # one-shot at the latency size (ONNX Runtime, 1 thread), then fine-tuned at 128
         from yolo_prune import prune_model
         from yolo_prune.checkpoint import save_checkpoint
         from yolo_prune.engine.runtime import Runtime
 
         sz, net = spec["latency_imgsz"], YOLO(str(base)).model
-        keys = {"prune_latency": target["prune_latency"], "imgsz": sz, "prune_threads": 1, **lever_keys(spec.get("lever"))}
-        prune_model(
-            net, prune_latency=target["prune_latency"], imgsz=sz, runtime=Runtime("onnxruntime", "cpu", 1, 1, sz)
-        )
+        aim = target["prune_latency"] if row == "S2N_L1" else frac
+        keys = {"prune_latency": aim, "imgsz": sz, "prune_threads": 1, **lever_keys(spec.get("lever"))}
+        prune_model(net, prune_latency=aim, imgsz=sz, runtime=Runtime("onnxruntime", "cpu", 1, 1, sz))
         work.mkdir(parents=True, exist_ok=True)
         base = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": P["imgsz"]})
     try:
         best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed,
-                        **(lever_keys(spec.get("lever")) if row == "S2N_L1" else keys))  # fmt: skip
+                        **(lever_keys(spec.get("lever")) if "latency_imgsz" in spec else keys))  # fmt: skip
     except PruneError as e:  # the target out of reach at this size on this runtime: kept as a row that says so
         out = {
             **spec,
@@ -232,7 +235,8 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     fams = sorted(targets)
     fig, axes = plt.subplots(1, len(fams), figsize=(6 * len(fams), 4.5), dpi=120, squeeze=False)
     for ax, fam in zip(axes[0], fams):
-        for row, style in (("A_n", "s"), ("A_s", "D"), ("S2N_L", "o"), ("S2N_G", "^"), ("SL", "o"), ("NL", "v")):
+        for row, style in (("A_n", "s"), ("A_s", "D"), ("S2N_L", "o"), ("S2N_L1", "o"), ("S2N_G", "^"), ("SL", "o"),
+                           ("NL", "v"), ("SL1", "o"), ("NL1", "v")):  # fmt: skip
             pts = sorted(
                 (r for r in table if r["family"] == fam and r["row"] == row and not r["lever"]),
                 key=lambda r: r["onnx_ms"],

@@ -185,8 +185,7 @@ KEYS: dict[str, Key] = {
     "prune_method": Key("l2", " | ".join(METHODS), "importance criterion", lambda k, v: choice(METHODS)(k, v)),
     "prune_round": Key(16, "an integer >= 1", "kept channel counts are multiples of this", positive_int),
     "prune_global": Key(False, "True or False", "rank channels across layers instead of one ratio for all", boolean),
-    "prune_max_ratio": Key(0.9, "0 < prune_max_ratio < 1", "with prune_global / prune_latency: the most any layer may "
-                           "lose", fraction),
+    "prune_max_ratio": Key(0.9, "0 < prune_max_ratio < 1", "with prune_global: the most any layer may lose", fraction),
     "prune_ignore": Key(None, "layer indices or module names, e.g. 0,22", "layers kept intact", layer_list),
     "prune_layers": Key(None, "{layer: ratio} or a yaml file of them", "fixed per-layer channel ratios", layer_ratios),
     "prune_sparsity": Key(0.0, "a number >= 0", "L1 weight on BatchNorm scales while training towards each step",

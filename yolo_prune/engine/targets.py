@@ -17,7 +17,7 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from ..cfg import KEYS, TARGETS, PruneConfig, PruneError
-from .allocate import removed_for_latency, removed_for_target
+from .allocate import removed_for_cost, removed_for_latency, removed_for_target
 from .costs import LatencyCost
 from .graph import check_supported, prepare_model
 from .importance import GRADIENT_METHODS, accumulate_gradients
@@ -215,8 +215,10 @@ def plan_for_latency(
 ) -> tuple[PrunePlan, dict]:  # fmt: skip
     """Plan a prune of ``model`` (prepared) that removes ``prune_latency`` of its latency on ``rt``; (plan, info).
 
-    Channels go by importance lost per predicted millisecond saved (:func:`removed_for_latency`) until the predicted
-    latency reaches ``keep_ms`` (default: ``1 - prune_latency`` of the model's own). With ``measure`` the pruned
+    One channel ratio for every layer is searched on the latency table until the predicted latency reaches
+    ``keep_ms`` (default: ``1 - prune_latency`` of the model's own), as ``prune=`` does on GFLOPs
+    (:func:`removed_for_cost`); with ``prune_global`` channels go by importance lost per predicted millisecond saved
+    instead (:func:`removed_for_latency`), which loses far more accuracy (docs/results.md#latency-allocation). With ``measure`` the pruned
     model is exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed
     until the measured ratio is within 2 points of the target (see :func:`_measured`: doubtful timings are repeated
     before a re-aim, and a re-aim goes part of the way); ``info`` has predicted and measured ms and every timing.
@@ -233,7 +235,10 @@ def plan_for_latency(
     target = keep_ms if keep_ms is not None else (1 - prune_latency) * cost.base
 
     def solve(aim: float):
-        removed = removed_for_latency(pruner, cost, aim, max_ratio)
+        if pruner.global_rank:  # least importance lost per predicted millisecond, across layers
+            removed = removed_for_latency(pruner, cost, aim, max_ratio)
+        else:  # one channel ratio for every layer, as prune= does: docs/results.md#latency-allocation
+            removed = removed_for_cost(pruner, cost, aim / cost.base)
         return removed, cost.estimate(removed)
 
     removed, pred = solve(target)
@@ -241,8 +246,9 @@ def plan_for_latency(
         reach = 1 - pred / (base_ms or cost.base)  # of the run's starting latency (training) or the model's
         raise PruneError(
             f"prune_latency={prune_latency:g} cannot be reached on {rt.name} at imgsz {rt.imgsz}: the model's convs "
-            f"can give at most {max(reach, 0):.2f} of its latency (prune_round={prune_round}, prune_max_ratio="
-            f"{max_ratio}); accepted: prune_latency <= {max(reach, 0):.2f}"
+            f"can give at most {max(reach, 0):.2f} of its latency (prune_round={prune_round}"
+            f"{f', prune_max_ratio={max_ratio}' if pruner.global_rank else ''}); accepted: prune_latency <= "
+            f"{max(reach, 0):.2f}"
         )
     plan = pruner.plan_removed(removed)
     info = {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,
