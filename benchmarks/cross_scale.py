@@ -123,7 +123,8 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
         sz, net = spec["latency_imgsz"], YOLO(str(base)).model
         aim = target["prune_latency"] if row == "S2N_L1" else frac
         keys = {"prune_latency": aim, "imgsz": sz, "prune_threads": 1, **lever_keys(spec.get("lever"))}
-        prune_model(net, prune_latency=aim, imgsz=sz, runtime=Runtime("onnxruntime", "cpu", 1, 1, sz))
+        spec = {**spec, "oneshot": prune_model(
+            net, prune_latency=aim, imgsz=sz, runtime=Runtime("onnxruntime", "cpu", 1, 1, sz)).latency}
         work.mkdir(parents=True, exist_ok=True)
         base = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": P["imgsz"]})
     try:
@@ -233,22 +234,28 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     save(name, {**out, "targets": targets, "table": table, "runs": runs}, body)
 
     fams = sorted(targets)
+    one = LAT["imgsz"] != P["imgsz"]  # the latency rows of this mode: one-shot at the deployment size, or in training
+    fronts = {"s": ("A_s", "SL1", "S2N_L1") if one else ("A_s", "SL", "S2N_L"), "n": ("A_n", "NL1" if one else "NL")}
     fig, axes = plt.subplots(1, len(fams), figsize=(6 * len(fams), 4.5), dpi=120, squeeze=False)
     for ax, fam in zip(axes[0], fams):
-        for row, style in (("A_n", "s"), ("A_s", "D"), ("S2N_L", "o"), ("S2N_L1", "o"), ("S2N_G", "^"), ("SL", "o"),
-                           ("NL", "v"), ("SL1", "o"), ("NL1", "v")):  # fmt: skip
-            pts = sorted(
-                (r for r in table if r["family"] == fam and r["row"] == row and not r["lever"]),
-                key=lambda r: r["onnx_ms"],
-            )
+        rows = [r for r in table if r["family"] == fam and not r["lever"]]
+        for scale, style in (("s", "o-"), ("n", "s-")):  # each scale's front: the base, then pruned ever further
+            pts = sorted((r for r in rows if r["row"] in fronts[scale]), key=lambda r: r["onnx_ms"])
             if pts:
                 ax.errorbar([r["onnx_ms"] for r in pts], [r["map50_95"] for r in pts],
-                            yerr=[r["map50_95_std"] for r in pts], fmt=style + ("-" if len(pts) > 1 else ""),
-                            capsize=3, label=TITLES[row])  # fmt: skip
+                            yerr=[r["map50_95_std"] for r in pts], fmt=style, capsize=3,
+                            label=f"{fam}{scale}, and pruned to latency targets")  # fmt: skip
+            for r in pts:
+                cut = r["fraction"] if r["fraction"] is not None else targets[fam]["prune_latency"]
+                text = "unpruned" if r["row"].startswith("A_") else f"-{cut:.0%} latency"
+                ax.annotate(text, (r["onnx_ms"], r["map50_95"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for r in (r for r in rows if r["row"] == "S2N_G"):
+            ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="^", capsize=3, label=TITLES["S2N_G"])
         for r in (r for r in table if r["family"] == fam and r["lever"]):
             ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="o", capsize=3,
                         label=f"{TITLES[r['row']]} ({r['lever']})")  # fmt: skip
-        ax.set(xlabel="ONNX Runtime CPU ms (batch 1, 1 thread)", ylabel="val mAP50-95", title=f"{fam}: up-left wins")
+        ax.set(xlabel=f"ONNX Runtime CPU ms (imgsz {LAT['imgsz']}, batch 1, 1 thread)", ylabel="val mAP50-95",
+               title=f"{fam} on {P['data']}: up-left wins")  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
