@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/cross_scale.py --bases /tmp/bench/bases          # yolo11 and yolo26, 3 seeds, 30 epochs each
   python benchmarks/cross_scale.py --bases runs/bases --families yolo11 --seeds 1 --epochs 10 --name cross_scale_quick
-  python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --lever prune_max_ratio=0.6
+  python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --lever prune_steps=8
   python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --latency-imgsz 640 \
       --name cross_scale_640                                       # latency matched at the deployment size
 

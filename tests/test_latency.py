@@ -140,6 +140,7 @@ def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
         ({"prune_latency": 1.5}, "prune_latency=1.5 is invalid; accepted: a number with 0 < prune_latency < 1"),
         ({"prune_latency": 0.5, "prune": 0.5}, "prune and prune_latency are exclusive"),
         ({"prune_latency": 0.5, "prune_threads": 0}, "prune_threads=0 is invalid"),
+        ({"prune_latency": 0.5, "prune_max_ratio": 0.6}, "prune_max_ratio=0.6 applies with prune_global=True"),
     ],
 )
 def test_bad_latency_keys(keys, message):

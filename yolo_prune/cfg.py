@@ -304,6 +304,11 @@ class PruneConfig:
                 "prune_method=sensitivity allocates by a GFLOPs table, prune_latency by measured latency; accepted: "
                 "one of them"
             )
+        if self.prune_max_ratio != KEYS["prune_max_ratio"].default and not self.prune_global:
+            raise PruneError(
+                f"prune_max_ratio={self.prune_max_ratio:g} applies with prune_global=True (otherwise every layer "
+                "loses the same share); accepted: add prune_global=True, or leave prune_max_ratio out"
+            )
         if self.prune_latency is not None and self.prune_mode != "structured":
             raise PruneError(
                 f"prune_latency needs prune_mode=structured (zeros do not run faster); got {self.prune_mode}"
