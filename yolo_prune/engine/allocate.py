@@ -35,8 +35,9 @@ def removed_uniform(pruner, ratio: float) -> list[int]:
     )
 
 
-def removed_for_cost(pruner, cost: CostModel, fraction: float) -> list[int]:
-    """Channels to remove per group so the estimated cost fraction lands closest to ``fraction`` of ``cost.base``.
+def removed_for_cost(pruner, cost: CostModel, fraction: float, at_most: bool = False) -> list[int]:
+    """Channels to remove per group so the estimated cost fraction lands closest to ``fraction`` of ``cost.base``
+    (``at_most``: at or below it, where the model's widths allow; a latency target is a bound).
 
     torch-pruning only takes channel ratios, and GFLOPs fall roughly with the square of the kept width. A uniform
     ratio is searched first on the analytic estimate (no copy, no re-trace); with ``round_to`` it moves in coarse
@@ -65,7 +66,7 @@ def removed_for_cost(pruner, cost: CostModel, fraction: float) -> list[int]:
         for g in unit:
             trial[g] += pruner.round_to
         new = frac(trial)
-        if new <= fraction and fraction - new > current - fraction:
+        if not at_most and new <= fraction and fraction - new > current - fraction:
             break  # one more unit overshoots by more than it closes
         removed, current = trial, new
     return removed

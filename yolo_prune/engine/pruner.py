@@ -33,7 +33,7 @@ class ChannelPruner:
         prune_ignore: Layer indices or module names kept intact.
         prune_layers: Fixed channel ratios for the groups rooted in these layers.
         prune_global: Rank channels across groups instead of one ratio for all.
-        prune_max_ratio: With ``prune_global`` (and latency targets), the most any group may lose.
+        prune_max_ratio: With ``prune_global``, the most any group may lose.
 
     Raises:
         PruneError: A ``prune_layers`` or ``prune_ignore`` key matches no layer.

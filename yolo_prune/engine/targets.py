@@ -190,7 +190,7 @@ def prune_model(
     try:
         if latency is not None:
             rt = runtime or Runtime(imgsz=imgsz)
-            options.pop("prune_sensitivity", None)  # latency allocates by importance per millisecond, not by a table
+            options.pop("prune_sensitivity", None)  # a latency plan is one ratio (or prune_global's ranking), not a table
             plan, info = plan_for_latency(model, latency, rt, method, prune_round, ignored_layers, **options)
             plan.latency = info
         else:
@@ -238,7 +238,7 @@ def plan_for_latency(
         if pruner.global_rank:  # least importance lost per predicted millisecond, across layers
             removed = removed_for_latency(pruner, cost, aim, max_ratio)
         else:  # one channel ratio for every layer, as prune= does: docs/results.md#latency-allocation
-            removed = removed_for_cost(pruner, cost, aim / cost.base)
+            removed = removed_for_cost(pruner, cost, aim / cost.base, at_most=True)
         return removed, cost.estimate(removed)
 
     removed, pred = solve(target)

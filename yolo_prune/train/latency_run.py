@@ -69,7 +69,7 @@ class LatencyRun:
         lat.update(base_ms=round(table.full_ms, 3), table=str(table.path))
         net = prepare_model(copy.deepcopy(model))  # is the target reachable? (the trace costs about a second)
         options = {k: v for k, v in cfg.engine_options.items() if k != "prune_sensitivity"}
-        plan_for_latency(  # ranked by l2: gradient criteria have no gradients yet, and reach barely depends on ranking
+        plan_for_latency(  # l2: gradient criteria have no gradients yet (the ranking decides reach only with prune_global)
             net, lat["fraction"], self.runtime(trainer, lat), "l2", cfg.prune_round, table=table, measure=False,
             **options,
         )  # fmt: skip

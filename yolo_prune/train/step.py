@@ -13,6 +13,7 @@ import time
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ..cfg import PruneError
 from ..checkpoint import is_distilling, student_of
 from ..engine.graph import prepare_model
 from ..engine.importance import GRAD_BATCHES, GRADIENT_METHODS, accumulate_gradients
@@ -131,9 +132,15 @@ def _structured(run, trainer, model, k: int, n: int, before: dict) -> dict | Non
                     model, prune=1 - keep / before["gflops"], prune_method=method, prune_round=cfg["prune_round"],
                     imgsz=FLOPS_IMGSZ, prune_sensitivity=cfg["prune_sensitivity"], **options,
                 )  # fmt: skip
+        except PruneError as e:  # a target refused mid-run: the other ranks wait in the broadcast for its line
+            broadcast_from_rank0(str(e))
+            raise
         finally:
             model.zero_grad(set_to_none=True)  # the first backward of the epoch must not add to these
-    apply_step(trainer, broadcast_from_rank0(plan))
+    plan = broadcast_from_rank0(plan)
+    if isinstance(plan, str):  # rank 0 refused: every rank stops with its line
+        raise PruneError(plan)
+    apply_step(trainer, plan)
     check_forward(model)
     return report
 
