@@ -41,3 +41,17 @@ def test_builtin_yaml_loads_in_ultralytics(tiny_data):
 def test_bad_builtin_name():
     with pytest.raises(PruneError, match="accepted: shapes"):
         builtin_dataset("circles")
+
+
+def test_every_shipped_model_resolves_and_is_a_trained_shapes_detector():
+    """Each name in MODELS is a file in the package, loads in plain Ultralytics, and knows the built-in classes."""
+    from ultralytics import YOLO
+
+    from yolo_prune.assets import ASSETS, MODELS, resolve_model
+
+    for name in MODELS:
+        assert resolve_model(name) == str(ASSETS / name)
+        model = YOLO(resolve_model(name))
+        assert model.task == "detect" and len(model.names) == 6, name
+        assert model.ckpt["train_args"]["epochs"] == 150 and model.ckpt["train_args"]["imgsz"] == 128, name
+    assert {n.split("-")[0] for n in MODELS} == {"yolo11n", "yolo26n", "yolo11s", "yolo26s"}

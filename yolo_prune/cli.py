@@ -43,8 +43,8 @@ def help_text() -> str:
         "",
         "  yolo-prune train model=yolo11n.yaml data=shapes epochs=30 prune=0.5 [train keys below] [any 'yolo train' "
         "key]",
-        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt | yolo11s-shapes.pt: shipped models trained "
-        "on data=shapes-500 imgsz=128",
+        "      resume=True continues a schedule; model=yolo11n-shapes.pt | yolo26n-shapes.pt | yolo11s-shapes.pt | "
+        "yolo26s-shapes.pt: shipped models trained on data=shapes-500 imgsz=128",
         "  yolo-prune prune model=yolo11n.yaml prune=0.5 " + _mode_line("prune"),
         "      one-shot prune; writes <project>/<name>/weights/pruned.pt and prune_summary.json",
         "  yolo-prune sensitivity model=trained.pt data=shapes " + _mode_line("sensitivity"),

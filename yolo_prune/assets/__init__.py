@@ -10,7 +10,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent
 
-MODELS = ("yolo11n-shapes.pt", "yolo26n-shapes.pt", "yolo11s-shapes.pt")  # yolo26s-shapes.pt once trained
+MODELS = ("yolo11n-shapes.pt", "yolo26n-shapes.pt", "yolo11s-shapes.pt", "yolo26s-shapes.pt")
 
 
 def resolve_model(model):
