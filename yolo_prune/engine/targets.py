@@ -215,10 +215,8 @@ def plan_for_latency(
 ) -> tuple[PrunePlan, dict]:  # fmt: skip
     """Plan a prune of ``model`` (prepared) that removes ``prune_latency`` of its latency on ``rt``; (plan, info).
 
-    One channel ratio for every layer is searched on the latency table until the predicted latency reaches
-    ``keep_ms`` (default: ``1 - prune_latency`` of the model's own), as ``prune=`` does on GFLOPs
-    (:func:`removed_for_cost`); with ``prune_global`` channels go by importance lost per predicted millisecond saved
-    instead (:func:`removed_for_latency`), which loses far more accuracy (docs/results.md#latency-allocation). With ``measure`` the pruned
+    One channel ratio for every layer is searched on the latency table (:func:`removed_for_cost`) to ``keep_ms``
+    (default: ``1 - prune_latency`` of the model's own); ``prune_global`` ranks by importance per ms instead. With ``measure`` the pruned
     model is exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed
     until the measured ratio is within 2 points of the target (see :func:`_measured`: doubtful timings are repeated
     before a re-aim, and a re-aim goes part of the way); ``info`` has predicted and measured ms and every timing.
@@ -229,16 +227,14 @@ def plan_for_latency(
         PruneError: The target cannot be reached, with the best reachable fraction.
     """
     pruner = ChannelPruner(model, prune_method, prune_round, ignored_layers, **options)
-    max_ratio = pruner.max_ratio
-    table = table or build_table(model, rt, prune_round)
+    max_ratio, table = pruner.max_ratio, table or build_table(model, rt, prune_round)
     cost = LatencyCost(pruner, table)
     target = keep_ms if keep_ms is not None else (1 - prune_latency) * cost.base
 
     def solve(aim: float):
-        if pruner.global_rank:  # least importance lost per predicted millisecond, across layers
-            removed = removed_for_latency(pruner, cost, aim, max_ratio)
-        else:  # one channel ratio for every layer, as prune= does: docs/results.md#latency-allocation
-            removed = removed_for_cost(pruner, cost, aim / cost.base, at_most=True)
+        ranked = pruner.global_rank  # one ratio scored far better: benchmarks/results/latency_allocation_screen.md
+        removed = removed_for_latency(pruner, cost, aim, max_ratio) if ranked else \
+            removed_for_cost(pruner, cost, aim / cost.base, at_most=True)  # fmt: skip
         return removed, cost.estimate(removed)
 
     removed, pred = solve(target)
