@@ -111,6 +111,22 @@ def test_latency_plan_is_one_ratio_for_every_layer_unless_ranked_globally(cache)
     assert spread[False] < 0.6 * spread[True]
 
 
+def test_one_ratio_plan_for_a_bound_never_lands_above_it():
+    """A latency target is a bound: the one-ratio search takes the unit that goes below a reachable target, where the
+    plain search stops at whichever side is closer (on coarse rounding, above: a reachable target was refused)."""
+    from yolo_prune.engine.allocate import removed_for_cost
+
+    pruner = ChannelPruner(model(), prune_round=32)
+    cost = pruner.flops_cost
+    above = 0
+    for f in [i / 40 for i in range(16, 36)]:  # from 0.4: below about 0.32 nothing is reachable at round 32
+        closest = cost.estimate(removed_for_cost(pruner, cost, f)) / cost.base
+        bound = cost.estimate(removed_for_cost(pruner, cost, f, at_most=True)) / cost.base
+        assert bound <= f + 1e-9 and bound <= closest + 1e-9, f
+        above += closest > f + 1e-9
+    assert above  # the case this guards: the closest plan lies above some of these targets
+
+
 def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
     net = DetectionModel("yolo11n.yaml", nc=6, verbose=False)  # the cold test's model: its table is cached
     pt = save_checkpoint(net, tmp_path / "m.pt", {"task": "detect", "imgsz": 192})

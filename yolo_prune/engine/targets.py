@@ -190,7 +190,7 @@ def prune_model(
     try:
         if latency is not None:
             rt = runtime or Runtime(imgsz=imgsz)
-            options.pop("prune_sensitivity", None)  # a latency plan is one ratio (or prune_global's ranking), not a table
+            options.pop("prune_sensitivity", None)  # latency plans by its own table
             plan, info = plan_for_latency(model, latency, rt, method, prune_round, ignored_layers, **options)
             plan.latency = info
         else:
@@ -216,8 +216,8 @@ def plan_for_latency(
     """Plan a prune of ``model`` (prepared) that removes ``prune_latency`` of its latency on ``rt``; (plan, info).
 
     One channel ratio for every layer is searched on the latency table (:func:`removed_for_cost`) to ``keep_ms``
-    (default: ``1 - prune_latency`` of the model's own); ``prune_global`` ranks by importance per ms instead. With ``measure`` the pruned
-    model is exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed
+    (default: ``1 - prune_latency`` of the model's own); ``prune_global`` ranks by importance per ms instead.
+    With ``measure`` the pruned model is exported and timed against the unpruned one on ``rt`` (interleaved), and the prediction re-aimed
     until the measured ratio is within 2 points of the target (see :func:`_measured`: doubtful timings are repeated
     before a re-aim, and a re-aim goes part of the way); ``info`` has predicted and measured ms and every timing.
     In training, ``reference`` is the model the run started with (``base_ms`` its predicted ms): the pruned model
