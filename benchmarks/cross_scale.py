@@ -6,6 +6,8 @@ Usage:
   python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --lever prune_steps=8
   python benchmarks/cross_scale.py --bases /tmp/bench/bases --families yolo11 --seeds 1 --latency-imgsz 640 \
       --name cross_scale_640                                       # latency matched at the deployment size
+  python benchmarks/cross_scale.py --bases /tmp/bench/bases --seeds 3 --latency-imgsz 640 --rows S2N_L1,A_n \
+      --name cross_scale_640_seeds                                 # the criterion's two rows over 3 seeds
 
 Bases: ``benchmarks/bases.py`` (every epoch of the schedule, then close_mosaic), in ``--bases`` as
 ``<family><scale>_base/weights/best.pt``. Rows per family, each fine-tuned for the same ``--epochs`` with the same
@@ -72,10 +74,11 @@ def n_target(bases: Path, family: str) -> dict:
     return out
 
 
-def specs(seeds: int, fronts: list[float], lever: str | None = None) -> list[dict]:
+def specs(seeds: int, fronts: list[float], lever: str | None = None, only: list[str] | None = None) -> list[dict]:
     """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last; with
     ``lever`` (``key=value,...``), only the s-to-n-latency rows with those keys added. With latency measured at the
-    deployment size (``--latency-imgsz``), the latency rows are one-shot there, then fine-tuned (S2N_L1, SL1, NL1)."""
+    deployment size (``--latency-imgsz``), the latency rows are one-shot there, then fine-tuned (S2N_L1, SL1, NL1).
+    ``only`` keeps those rows (``--rows``: e.g. the criterion's two over more seeds)."""
     one = LAT["imgsz"] != P["imgsz"]
     main, fr = ("S2N_L1", ("SL1", "NL1")) if one else ("S2N_L", ("SL", "NL"))
     at = {"latency_imgsz": LAT["imgsz"]} if one else {}
@@ -83,7 +86,8 @@ def specs(seeds: int, fronts: list[float], lever: str | None = None) -> list[dic
         return [{"row": main, "seed": s, "fraction": None, "lever": lever, **at} for s in range(seeds)]
     rows = (main, "A_n", "S2N_G", "A_s")
     out = [{"row": r, "seed": s, "fraction": None, **(at if r == main else {})} for s in range(seeds) for r in rows]
-    return out + [{"row": r, "seed": 0, "fraction": f, **at} for f in fronts for r in fr]
+    out += [{"row": r, "seed": 0, "fraction": f, **at} for f in fronts for r in fr]
+    return [o for o in out if not only or o["row"] in only]
 
 
 def lever_keys(lever: str | None) -> dict:
@@ -225,7 +229,7 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     body = [f"Data {P['data']}, imgsz {P['imgsz']}, batch {P['batch']}; every row fine-tuned {out['epochs']} epochs "
             f"from its base (benchmarks/bases.py) with the same recipe. ONNX Runtime: imgsz {LAT['imgsz']}, batch 1, "
             "1 thread, every run's "
-            "best.pt timed in one interleaved pass. Targets: " + "; ".join(
+            "best.pt timed interleaved, the median of 3 passes. Targets: " + "; ".join(
                 f"{f}: n/s latency {t['latency_ratio']:.3f} (prune_latency={t['prune_latency']:.3f}), GFLOPs "
                 f"{t['gflops_n']:.2f}/{t['gflops_s']:.2f} (prune={t['prune']:.3f})" for f, t in targets.items()),
             "", "| family | row | target | seeds | params | GFLOPs@640 | mAP50-95 | ONNX RT ms |",
@@ -292,6 +296,7 @@ def main() -> None:
         help="measure latency here (e.g. 640): s one-shot pruned to n's "
         "latency at that size, fine-tuned at 128; every row re-timed at that size",
     )
+    ap.add_argument("--rows", help="only these rows, e.g. S2N_L1,A_n (the criterion's two)")
     ap.add_argument("--lever", help="key=value[,key=value]: only the S2N_L rows, with these keys (a recipe lever)")
     args = ap.parse_args()
     LAT["imgsz"] = args.latency_imgsz or P["imgsz"]
@@ -301,9 +306,8 @@ def main() -> None:
     out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
     targets = {f: n_target(bases, f) for f in fams}
     t0 = time.perf_counter()
-    for spec in specs(
-        args.seeds, fronts, args.lever
-    ):  # seed by seed across families: a stopped run has comparable rows
+    only = args.rows.split(",") if args.rows else None
+    for spec in specs(args.seeds, fronts, args.lever, only):  # seed by seed across families: stopped, rows compare
         for fam in fams:
             run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)
             out["wall_s"] = round(time.perf_counter() - t0, 1)
