@@ -76,6 +76,22 @@ def test_table_is_built_cached_and_reused(cold_cache):
     assert all(other.times[s] == table.times[s] for s in set(other.needed()) & set(table.times))
 
 
+def test_a_cached_table_is_put_on_todays_load(cache, tmp_path, monkeypatch):
+    """Cached conv times taken on a faster moment (here: halved on disk) are scaled to today's by re-timing the
+    largest convs; read as they are, the difference became fixed cost, and a reachable target was refused."""
+    honest = build_table(model(), RT, 16)  # the session's table, from the cache
+    path = honest.path
+    monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
+    (tmp_path / "latency").mkdir()
+    saved = json.loads(path.read_text())
+    saved["times"] = {k: v / 2 for k, v in saved["times"].items()}
+    (tmp_path / "latency" / path.name).write_text(json.dumps(saved))
+    halved = build_table(model(), RT, 16)
+    assert halved.timed == 0 and 1.5 < halved.scale / honest.scale < 2.7
+    convs = {t: sum(t.unit_ms(u, u.cin, u.cout) for u in t.units) for t in (honest, halved)}
+    assert 0.75 < convs[halved] / convs[honest] < 1.33  # the same convs, on today's load either way
+
+
 def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
     m = model()
     pruner = ChannelPruner(m, prune_round=16)

@@ -37,6 +37,7 @@ from .backends import BACKENDS
 from .convs import call_overhead_ms, time_conv, time_convs
 from .runtime import Runtime, measure_models
 
+LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
 # ExecuTorch pool always sized (tables of 1 are re-timed)
 
@@ -163,6 +164,7 @@ class LatencyTable:
         self.full_ms = 0.0
         self.timed = 0  # timings made by this object (0 when everything came from the cache)
         self.overhead_ms = 0.0  # per-call cost of the runtime, taken off every isolated conv time
+        self.scale = 1.0  # today's conv times over the cached ones (see _load_scale)
 
     @property
     def path(self) -> Path:
@@ -194,11 +196,13 @@ class LatencyTable:
             self._borrow(todo)
             todo = [s for s in todo if s not in self.times]
         t0 = time.perf_counter()
+        self.overhead_ms = call_overhead_ms(self.rt)
+        if len(todo) < len(self.needed()):  # some came from the cache: today's load against theirs, first
+            self.scale = self._load_scale()
         desc = f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"
         for sig, ms in TQDM(time_convs(todo, self.rt), total=len(todo), desc=desc, disable=not todo):
-            self.times[sig] = ms
+            self.times[sig] = self._kept(ms)
         self.timed = len(todo)
-        self.overhead_ms = call_overhead_ms(self.rt)
         # the whole model is measured on every run (one export): the fixed cost follows today's machine load
         self.full_ms = full_model_ms()
         convs = sum(self.unit_ms(u, u.cin, u.cout) for u in self.units)
@@ -213,7 +217,7 @@ class LatencyTable:
             f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
             f"{len(self.needed()) - self.timed} from {latency_cache_dir()}) in {time.perf_counter() - t0:.1f}s: model "
             f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
-            f"{self.overhead_ms * 1000:.0f} us taken off each conv)"
+            f"{self.overhead_ms * 1000:.0f} us taken off each conv; cached times x{self.scale:.2f} for today's load)"
         )
         return self
 
@@ -235,11 +239,31 @@ class LatencyTable:
                 if (sig := tuple(json.loads(k))) in want and sig not in self.times:
                     self.times[sig] = v
 
+    def _load_scale(self) -> float:
+        """Today's time over the cached time of the model's largest convs at full width, re-timed now (median).
+
+        A cached table was timed under another load than today's whole-model measurement; without this the
+        difference reads as fixed cost (a yolo26s once came out at 31 of its 168 ms fixed, so a reachable target was
+        refused), and the conv share of the model, hence what a prune can give, moves with the load.
+        """
+        full = [u.sig(u.cin, u.cout, self.rt.batch) for u in self.units if not u.depthwise]
+        cached = sorted((s for s in dict.fromkeys(full) if s in self.times), key=lambda s: -self.times[s])[:LOAD_SAMPLE]
+        if not cached:
+            return 1.0
+        now = dict(time_convs(cached, self.rt))
+        ratios = sorted(max(now[s] - self.overhead_ms, 1e-6) / max(self.times[s] - self.overhead_ms, 1e-6)
+                        for s in cached)  # fmt: skip
+        return ratios[len(ratios) // 2]
+
+    def _kept(self, ms: float) -> float:
+        """A time taken today, as the table keeps it: on the cached times' load (``scale`` 1 for a new table)."""
+        return self.overhead_ms + (ms - self.overhead_ms) / self.scale
+
     def _t(self, u: ConvUnit, cin: int, cout: int) -> float:
         sig = u.sig(cin, cout, self.rt.batch)
         if sig not in self.times:  # a width off the prune_round grid (e.g. an odd original width): time it now
-            self.times[sig] = time_conv(sig, self.rt)
-        return max(self.times[sig] - self.overhead_ms, 1e-6)
+            self.times[sig] = self._kept(time_conv(sig, self.rt))
+        return max(self.times[sig] - self.overhead_ms, 1e-6) * self.scale
 
     def unit_ms(self, u: ConvUnit, cin: int, cout: int) -> float:
         """Latency of ``u`` with ``cin`` inputs and ``cout`` outputs kept (separable in the two)."""
