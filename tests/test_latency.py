@@ -4,6 +4,7 @@ import copy
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,20 +77,38 @@ def test_table_is_built_cached_and_reused(cold_cache):
     assert all(other.times[s] == table.times[s] for s in set(other.needed()) & set(table.times))
 
 
-def test_a_cached_table_is_put_on_todays_load(cache, tmp_path, monkeypatch):
-    """Cached conv times taken on a faster moment (here: halved on disk) are scaled to today's by re-timing the
-    largest convs; read as they are, the difference became fixed cost, and a reachable target was refused."""
-    honest = build_table(model(), RT, 16)  # the session's table, from the cache
-    path = honest.path
+def test_a_cached_table_is_put_on_todays_load(monkeypatch, tmp_path):
+    """A table cached on a quiet moment, reused on a busy one (every conv twice as slow, a fake timer): the cached
+    times are scaled by re-timing the largest convs, so the fixed cost stays the model's; read as they were, the
+    load's difference became fixed cost (a yolo26s once had 31 of its 168 ms fixed, and a reachable target was
+    refused). Shapes timed on the busy day are kept on the cached times' basis."""
+    import yolo_prune.engine.latency as lat
+
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
-    (tmp_path / "latency").mkdir()
-    saved = json.loads(path.read_text())
-    saved["times"] = {k: v / 2 for k, v in saved["times"].items()}
-    (tmp_path / "latency" / path.name).write_text(json.dumps(saved))
-    halved = build_table(model(), RT, 16)
-    assert halved.timed == 0 and 1.5 < halved.scale / honest.scale < 2.7
-    convs = {t: sum(t.unit_ms(u, u.cin, u.cout) for u in t.units) for t in (honest, halved)}
-    assert 0.75 < convs[halved] / convs[honest] < 1.33  # the same convs, on today's load either way
+    load = {"now": 1.0}
+
+    def time_convs(sigs, rt):
+        for cin, cout, k, s, p, g, d, h, w, act, b in sigs:
+            yield (cin, cout, k, s, p, g, d, h, w, act, b), load["now"] * (cin // g) * k * k * cout * (h // s) ** 2 * 1e-6
+
+    monkeypatch.setattr(lat, "time_convs", time_convs)
+    monkeypatch.setattr(lat, "call_overhead_ms", lambda rt: 0.0)
+    rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
+
+    def table(nc=6):
+        m = prepare_model(DetectionModel("yolo11n.yaml", nc=nc, verbose=False))
+        return LatencyTable(lat.conv_units(m, 64), rt, 16).build(lambda: 2.0 + load["now"] * (_conv_ms(m, 64) - 2.0))
+
+    quiet = table()
+    load["now"] = 2.0
+    busy = table()
+    assert busy.timed == 0 and busy.load_sampled == lat.LOAD_SAMPLE and busy.scale == pytest.approx(2.0)
+    assert busy.fixed_ms == pytest.approx(quiet.fixed_ms, abs=0.05) and busy.full_ms > 1.9 * quiet.full_ms - 2.0
+    other = table(nc=3)  # its class convs are new, timed on the busy day: kept at half their time
+    new = set(other.times) - set(quiet.times)
+    assert new and other.timed == len(new) and other.scale == pytest.approx(2.0)
+    fresh = dict(time_convs(new, rt))  # the busy day's times
+    assert all(other.times[s] == pytest.approx(fresh[s] / 2) for s in new)
 
 
 def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
@@ -259,6 +278,7 @@ def fake_table(monkeypatch, m, rt):
 
     monkeypatch.setattr(lat, "time_convs", time_convs)
     monkeypatch.setattr(lat, "call_overhead_ms", lambda rt: 0.0)
+    monkeypatch.setenv("YOLO_PRUNE_CACHE", tempfile.mkdtemp(prefix="yolo-prune-fake-"))  # fake times: never shared
     return LatencyTable(lat.conv_units(m, rt.imgsz), rt, 16).build(lambda: _conv_ms(m, rt.imgsz))
 
 

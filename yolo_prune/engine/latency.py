@@ -38,6 +38,8 @@ from .convs import call_overhead_ms, time_conv, time_convs
 from .runtime import Runtime, measure_models
 
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
+LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
+LOAD_CLAMP = 3.0  # the load scale is kept within 1/3-3x
 TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
 # ExecuTorch pool always sized (tables of 1 are re-timed)
 
@@ -165,6 +167,7 @@ class LatencyTable:
         self.timed = 0  # timings made by this object (0 when everything came from the cache)
         self.overhead_ms = 0.0  # per-call cost of the runtime, taken off every isolated conv time
         self.scale = 1.0  # today's conv times over the cached ones (see _load_scale)
+        self.load_sampled = 0  # convs re-timed for that scale (0: not measured, 1.0 taken)
 
     @property
     def path(self) -> Path:
@@ -211,13 +214,15 @@ class LatencyTable:
             data = {"version": TABLE_VERSION, **self.rt.key, "imgsz": self.rt.imgsz, "step": self.step}
             data["shared"] = self._shared_key()
             times = {json.dumps(list(k)): v for k, v in self.times.items()}
-            data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms)
+            data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms, scale=self.scale)  # the ms: today's
             atomic_write_bytes(self.path, json.dumps(data).encode())
         LOGGER.info(
             f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
             f"{len(self.needed()) - self.timed} from {latency_cache_dir()}) in {time.perf_counter() - t0:.1f}s: model "
             f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
-            f"{self.overhead_ms * 1000:.0f} us taken off each conv; cached times x{self.scale:.2f} for today's load)"
+            f"{self.overhead_ms * 1000:.0f} us taken off each conv"
+            + (f"; cached times x{self.scale:.2f} for today's load, from {self.load_sampled} convs re-timed)"
+               if self.load_sampled else ")")  # fmt: skip
         )
         return self
 
@@ -244,16 +249,19 @@ class LatencyTable:
 
         A cached table was timed under another load than today's whole-model measurement; without this the
         difference reads as fixed cost (a yolo26s once came out at 31 of its 168 ms fixed, so a reachable target was
-        refused), and the conv share of the model, hence what a prune can give, moves with the load.
+        refused), and the conv share of the model, hence what a prune can give, moves with the load. Only convs
+        well above the per-call overhead say anything about the load, and the scale is kept within 1/3-3x; with no
+        such conv cached it stays 1.
         """
-        full = [u.sig(u.cin, u.cout, self.rt.batch) for u in self.units if not u.depthwise]
-        cached = sorted((s for s in dict.fromkeys(full) if s in self.times), key=lambda s: -self.times[s])[:LOAD_SAMPLE]
-        if not cached:
+        full = dict.fromkeys(u.sig(u.cin, u.cout, self.rt.batch) for u in self.units if not u.depthwise)
+        usable = [s for s in full if self.times.get(s, 0.0) > LOAD_MIN_OVERHEADS * self.overhead_ms]
+        sample = sorted(usable, key=lambda s: -self.times[s])[:LOAD_SAMPLE]
+        if not sample:
             return 1.0
-        now = dict(time_convs(cached, self.rt))
-        ratios = sorted(max(now[s] - self.overhead_ms, 1e-6) / max(self.times[s] - self.overhead_ms, 1e-6)
-                        for s in cached)  # fmt: skip
-        return ratios[len(ratios) // 2]
+        now = dict(time_convs(sample, self.rt))
+        self.load_sampled = len(sample)
+        ratios = sorted((now[s] - self.overhead_ms) / (self.times[s] - self.overhead_ms) for s in sample)
+        return min(max(ratios[len(ratios) // 2], 1 / LOAD_CLAMP), LOAD_CLAMP)
 
     def _kept(self, ms: float) -> float:
         """A time taken today, as the table keeps it: on the cached times' load (``scale`` 1 for a new table)."""
