@@ -166,6 +166,22 @@ def test_one_ratio_plan_for_a_bound_never_lands_above_it():
     assert above  # the case this guards: the closest plan lies above some of these targets
 
 
+def test_one_ratio_plan_takes_the_unit_that_leaves_its_group_least_pruned():
+    """Closing the gap after the ratio search, a unit goes where the group ends least pruned: picked by the fraction
+    before the step, yolo26s's stem (64 channels at half) went to 16 kept at the highest resolution while the wide
+    layers stood at 62.5% (s pruned to n's latency: 0.291 after 30 epochs, where a slightly wider plan with a stem of
+    32 scored 0.323)."""
+    from yolo_prune.engine.allocate import removed_for_cost
+
+    torch.manual_seed(0)
+    pruner = ChannelPruner(prepare_model(DetectionModel("yolo11s.yaml", nc=6, verbose=False)), prune_round=16)
+    sizes = [len(order) for _, order, *_ in pruner.groups]
+    removed = removed_for_cost(pruner, pruner.flops_cost, 0.2, at_most=True)
+    kept = pruner.flops_cost.estimate(removed) / pruner.flops_cost.base
+    assert 0.19 < kept <= 0.2  # the bound, and close to it
+    assert max(r / n for r, n in zip(removed, sizes) if n >= 64) < 0.7  # by the fraction before the step: 0.75
+
+
 def test_prune_latency_one_shot_reports_predicted_and_measured(tmp_path, cache):
     net = DetectionModel("yolo11n.yaml", nc=6, verbose=False)  # the cold test's model: its table is cached
     pt = save_checkpoint(net, tmp_path / "m.pt", {"task": "detect", "imgsz": 192})
