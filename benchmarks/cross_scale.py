@@ -299,6 +299,9 @@ def main() -> None:
     ap.add_argument("--rows", help="only these rows, e.g. S2N_L1,A_n (the criterion's two)")
     ap.add_argument("--lever", help="key=value[,key=value]: only the S2N_L rows, with these keys (a recipe lever)")
     args = ap.parse_args()
+    only = args.rows.split(",") if args.rows else None
+    if only and set(only) - set(TITLES):
+        ap.error(f"--rows {args.rows}: accepted rows are {', '.join(TITLES)}")
     LAT["imgsz"] = args.latency_imgsz or P["imgsz"]
     bases, work = Path(args.bases).resolve(), Path(args.work).resolve()
     fams = args.families.split(",")
@@ -306,7 +309,6 @@ def main() -> None:
     out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
     targets = {f: n_target(bases, f) for f in fams}
     t0 = time.perf_counter()
-    only = args.rows.split(",") if args.rows else None
     for spec in specs(args.seeds, fronts, args.lever, only):  # seed by seed across families: stopped, rows compare
         for fam in fams:
             run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)

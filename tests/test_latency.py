@@ -86,13 +86,7 @@ def test_a_cached_table_is_put_on_todays_load(monkeypatch, tmp_path):
 
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
     load = {"now": 1.0}
-
-    def time_convs(sigs, rt):
-        for cin, cout, k, s, p, g, d, h, w, act, b in sigs:
-            yield (cin, cout, k, s, p, g, d, h, w, act, b), load["now"] * (cin // g) * k * k * cout * (h // s) ** 2 * 1e-6
-
-    monkeypatch.setattr(lat, "time_convs", time_convs)
-    monkeypatch.setattr(lat, "call_overhead_ms", lambda rt: 0.0)
+    time_convs = fake_timer(monkeypatch, load)
     rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
 
     def table(nc=6):
@@ -284,16 +278,28 @@ def _conv_ms(model: torch.nn.Module, imgsz: int = 64) -> float:
     return 2.0 + sum(macs)
 
 
+def fake_timer(monkeypatch, load: dict | None = None):
+    """Patch the conv timer: each conv costs its multiply-adds (1 ms per million, times ``load["now"]``), no call
+    overhead; returns the patched ``time_convs``."""
+    import yolo_prune.engine.latency as lat
+
+    load = load or {"now": 1.0}
+
+    def time_convs(sigs, rt):
+        for sig in sigs:
+            cin, cout, k, s, p, g, d, h, w, act, b = sig
+            yield sig, load["now"] * (cin // g) * k * k * cout * (h // s) * (w // s) * 1e-6
+
+    monkeypatch.setattr(lat, "time_convs", time_convs)
+    monkeypatch.setattr(lat, "call_overhead_ms", lambda rt: 0.0)
+    return time_convs
+
+
 def fake_table(monkeypatch, m, rt):
     """The latency table of a runtime whose convs cost their multiply-adds, so the prediction is right."""
     import yolo_prune.engine.latency as lat
 
-    def time_convs(sigs, rt):
-        for cin, cout, k, s, p, g, d, h, w, act, b in sigs:
-            yield (cin, cout, k, s, p, g, d, h, w, act, b), (cin // g) * k * k * cout * (h // s) * (w // s) * 1e-6
-
-    monkeypatch.setattr(lat, "time_convs", time_convs)
-    monkeypatch.setattr(lat, "call_overhead_ms", lambda rt: 0.0)
+    fake_timer(monkeypatch)
     monkeypatch.setenv("YOLO_PRUNE_CACHE", tempfile.mkdtemp(prefix="yolo-prune-fake-"))  # fake times: never shared
     return LatencyTable(lat.conv_units(m, rt.imgsz), rt, 16).build(lambda: _conv_ms(m, rt.imgsz))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,7 @@ class LatencyTable:
             data = {"version": TABLE_VERSION, **self.rt.key, "imgsz": self.rt.imgsz, "step": self.step}
             data["shared"] = self._shared_key()
             times = {json.dumps(list(k)): v for k, v in self.times.items()}
-            data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms, scale=self.scale)  # the ms: today's
+            data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms, scale=self.scale)  # times: cached basis
             atomic_write_bytes(self.path, json.dumps(data).encode())
         LOGGER.info(
             f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
@@ -260,8 +261,8 @@ class LatencyTable:
             return 1.0
         now = dict(time_convs(sample, self.rt))
         self.load_sampled = len(sample)
-        ratios = sorted((now[s] - self.overhead_ms) / (self.times[s] - self.overhead_ms) for s in sample)
-        return min(max(ratios[len(ratios) // 2], 1 / LOAD_CLAMP), LOAD_CLAMP)
+        ratio = statistics.median((now[s] - self.overhead_ms) / (self.times[s] - self.overhead_ms) for s in sample)
+        return min(max(ratio, 1 / LOAD_CLAMP), LOAD_CLAMP)
 
     def _kept(self, ms: float) -> float:
         """A time taken today, as the table keeps it: on the cached times' load (``scale`` 1 for a new table)."""
