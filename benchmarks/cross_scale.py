@@ -17,6 +17,7 @@ recipe, per seed:
   S2N_L the s base with ``prune_latency`` set to n's measured latency (ONNX Runtime, 1 thread, imgsz of the data)
   S2N_G the s base with ``prune=`` set to n's GFLOPs
   S2N_L1 (``--latency-imgsz N``) the s base one-shot pruned to n's latency measured at N px, then fine-tuned
+  NG    the n base with the default recipe at ``prune=`` each ``--cuts`` fraction of its GFLOPs (the -30% criterion)
   ``--lever key=value,...``: S2N_L rows with those keys added (a recipe lever), next to the others
 and, seed 0 only, the points of the Pareto chart: the s base at other latency targets (``--fronts``) and the n base
 at them. n's latency is measured once, interleaved with s at 1 thread (the target every S2N_L run prunes to). At the
@@ -41,7 +42,8 @@ TITLES = {"A_n": "n base trained on", "A_s": "s base trained on", "S2N_L": "s pr
           "S2N_L1": "s one-shot pruned to n's latency, then fine-tuned", "S2N_G": "s pruned to n's GFLOPs",
           "SL": "s at prune_latency", "NL": "n at prune_latency",
           "SL1": "s one-shot at prune_latency, then fine-tuned",
-          "NL1": "n one-shot at prune_latency, then fine-tuned"}  # fmt: skip
+          "NL1": "n one-shot at prune_latency, then fine-tuned",
+          "NG": "n with the default recipe at prune="}  # fmt: skip
 LAT = {"imgsz": P["imgsz"]}  # where latency is measured (--latency-imgsz: the deployment size; training stays at 128)
 
 
@@ -74,18 +76,23 @@ def n_target(bases: Path, family: str) -> dict:
     return out
 
 
-def specs(seeds: int, fronts: list[float], lever: str | None = None, only: list[str] | None = None) -> list[dict]:
+def specs(
+    seeds: int, fronts: list[float], lever: str | None = None, only: list[str] | None = None, cuts: tuple = (0.3,)
+) -> list[dict]:
     """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last; with
     ``lever`` (``key=value,...``), only the s-to-n-latency rows with those keys added. With latency measured at the
     deployment size (``--latency-imgsz``), the latency rows are one-shot there, then fine-tuned (S2N_L1, SL1, NL1).
-    ``only`` keeps those rows (``--rows``: e.g. the criterion's two over more seeds)."""
+    ``only`` keeps those rows (``--rows``: e.g. the criterion's two over more seeds). ``cuts``: the NG rows' GFLOPs
+    fractions, each with every seed."""
     one = LAT["imgsz"] != P["imgsz"]
     main, fr = ("S2N_L1", ("SL1", "NL1")) if one else ("S2N_L", ("SL", "NL"))
     at = {"latency_imgsz": LAT["imgsz"]} if one else {}
     if lever:
         return [{"row": main, "seed": s, "fraction": None, "lever": lever, **at} for s in range(seeds)]
     rows = (main, "A_n", "S2N_G", "A_s")
-    out = [{"row": r, "seed": s, "fraction": None, **(at if r == main else {})} for s in range(seeds) for r in rows]
+    out = [spec for s in range(seeds) for spec in (
+        *({"row": r, "seed": s, "fraction": None, **(at if r == main else {})} for r in rows),
+        *({"row": "NG", "seed": s, "fraction": c} for c in cuts))]  # fmt: skip
     out += [{"row": r, "seed": 0, "fraction": f, **at} for f in fronts for r in fr]
     return [o for o in out if not only or o["row"] in only]
 
@@ -113,11 +120,12 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
     kept = work / name / "row.json"
     if kept.exists():
         return json.loads(kept.read_text())
-    scale = "n" if row in ("A_n", "NL", "NL1") else "s"
+    scale = "n" if row in ("A_n", "NL", "NL1", "NG") else "s"
     base = bases / f"{family}{scale}_base" / "weights" / "best.pt"
     ort = {"prune_runtime": "onnxruntime", "prune_threads": 1}  # as n's latency was measured: 1 thread
     keys = {"S2N_L": {"prune_latency": target["prune_latency"], **ort}, "S2N_G": {"prune": target["prune"]},
-            "SL": {"prune_latency": frac, **ort}, "NL": {"prune_latency": frac, **ort}}.get(row, {})  # fmt: skip
+            "SL": {"prune_latency": frac, **ort}, "NL": {"prune_latency": frac, **ort},
+            "NG": {"prune": frac}}.get(row, {})  # fmt: skip
     keys.update(lever_keys(spec.get("lever")))
     t0 = time.perf_counter()
     if row in ("S2N_L1", "SL1", "NL1"):  # one-shot at the latency size (ONNX Runtime, 1 thread), then fine-tuned at 128
@@ -214,6 +222,13 @@ def verdicts(table: list[dict], need: float) -> list[str]:
         lines.append(f"- {fam}: s pruned to n's latency {b['map50_95']:.4f} ({b['onnx_ms']:.2f} ms) vs A_n "
                      f"{a['map50_95']:.4f} ({a['onnx_ms']:.2f} ms): {gap:+.4f}, target >= +{need:.3f}: "
                      f"**{'met' if gap >= need else 'not met'}** (seeds {b['seeds']}/{a['seeds']})")  # fmt: skip
+    for r in (r for r in table if r["row"] == "NG"):  # the -30% criterion: the default recipe within 0.5 of A_n
+        a = next((x for x in table if x["family"] == r["family"] and x["row"] == "A_n"), None)
+        if a:
+            gap = r["map50_95"] - a["map50_95"]
+            lines.append(f"- {r['family']}: n at -{r['fraction']:.0%} GFLOPs (default recipe) {r['map50_95']:.4f} vs "
+                         f"A_n {a['map50_95']:.4f}: {gap:+.4f}, target >= -0.005: "
+                         f"**{'met' if gap >= -0.005 else 'not met'}** (seeds {r['seeds']}/{a['seeds']})")  # fmt: skip
     return lines
 
 
@@ -243,6 +258,7 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     body += ["", *(f"Refused: {r['name']}: {r['refused']}" for r in runs if "refused" in r)]
     body += [f"Out of reach: {r['name']}: {r['out_of_reach']}; run at prune_latency={r['reached']:.2f} instead"
              for r in runs if "out_of_reach" in r]  # fmt: skip
+    body += [f"Reused: {r['name']}: {r['reused']}" for r in runs if "reused" in r]
     body += ["", "Criterion (issue #21):", *verdicts(table, 0.015)]
     a_n = {r["family"]: r for r in table if r["row"] == "A_n"}
     body += [f"- lever {r['lever']}: {r['family']} s pruned to n's latency {r['map50_95']:.4f} vs A_n "
@@ -268,6 +284,9 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
                 ax.annotate(text, (r["onnx_ms"], r["map50_95"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         for r in (r for r in rows if r["row"] == "S2N_G"):
             ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="^", capsize=3, label=TITLES["S2N_G"])
+        for r in (r for r in rows if r["row"] == "NG"):
+            ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="v", capsize=3,
+                        label=f"{fam}n at -{r['fraction']:.0%} GFLOPs (default recipe)")  # fmt: skip
         for r in (r for r in table if r["family"] == fam and r["lever"]):
             ax.errorbar(r["onnx_ms"], r["map50_95"], yerr=r["map50_95_std"], fmt="o", capsize=3,
                         label=f"{TITLES[r['row']]} ({r['lever']})")  # fmt: skip
@@ -287,6 +306,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of every row")
     ap.add_argument("--fronts", default="0.3,0.7", help="other prune_latency points of the chart (seed 0)")
+    ap.add_argument("--cuts", default="0.3", help="GFLOPs fractions of the NG rows (n, default recipe, every seed)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="runs/cross_scale")
     ap.add_argument("--name", default="cross_scale")
@@ -309,7 +329,8 @@ def main() -> None:
     out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
     targets = {f: n_target(bases, f) for f in fams}
     t0 = time.perf_counter()
-    for spec in specs(args.seeds, fronts, args.lever, only):  # seed by seed across families: stopped, rows compare
+    cuts = tuple(float(c) for c in args.cuts.split(",") if c)
+    for spec in specs(args.seeds, fronts, args.lever, only, cuts):  # seed by seed across families: stopped, rows compare
         for fam in fams:
             run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)
             out["wall_s"] = round(time.perf_counter() - t0, 1)

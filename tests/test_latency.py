@@ -105,6 +105,36 @@ def test_a_cached_table_is_put_on_todays_load(monkeypatch, tmp_path):
     assert all(other.times[s] == pytest.approx(fresh[s] / 2) for s in new)
 
 
+def test_the_fixed_cost_is_taken_at_the_load_of_the_model_timing(monkeypatch, tmp_path):
+    """A cached table reused while the machine gets twice as busy after its first load sample (a fake timer): the
+    convs re-timed right before and after the whole model put the scale on the model's load, so the step does not
+    read as fixed cost (read at the first sample, a yolo26s came out 59 ms fixed in one run and 85 ms in the next,
+    and a reachable target was refused)."""
+    import yolo_prune.engine.latency as lat
+
+    monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
+    load = {"now": 1.0}
+    timer = fake_timer(monkeypatch, load)
+    rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
+    m = prepare_model(DetectionModel("yolo11n.yaml", nc=6, verbose=False))
+    units = lat.conv_units(m, 64)
+    model_ms = lambda: 2.0 + load["now"] * (_conv_ms(m, 64) - 2.0)  # noqa: E731 (the true fixed cost: 2 ms)
+    quiet = LatencyTable(units, rt, 16).build(model_ms)
+    calls = []
+
+    def busier(sigs, rt):  # the load doubles once the first sample is taken
+        for sig, ms in timer(sigs, rt):
+            calls.append(sig)
+            yield sig, ms
+            load["now"] = 2.0 if len(calls) >= lat.LOAD_SAMPLE else 1.0
+
+    monkeypatch.setattr(lat, "time_convs", busier)
+    busy = LatencyTable(units, rt, 16).build(model_ms)
+    assert busy.timed == 0 and len(calls) == 3 * lat.LOAD_SAMPLE  # the first sample, then before and after the model
+    assert busy.scale == pytest.approx(2.0, rel=0.01) and busy.full_ms > 1.9 * quiet.full_ms - 2.0
+    assert busy.fixed_ms == pytest.approx(quiet.fixed_ms, abs=0.05)  # the first sample's scale (1) gave +convs ms
+
+
 def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):
     m = model()
     pruner = ChannelPruner(m, prune_round=16)

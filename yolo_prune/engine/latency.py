@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ class LatencyTable:
         self.full_ms = 0.0
         self.timed = 0  # timings made by this object (0 when everything came from the cache)
         self.overhead_ms = 0.0  # per-call cost of the runtime, taken off every isolated conv time
-        self.scale = 1.0  # today's conv times over the cached ones (see _load_scale)
+        self.scale = 1.0  # conv times at the whole-model timing over the table's (see _load_at_model)
         self.load_sampled = 0  # convs re-timed for that scale (0: not measured, 1.0 taken)
 
     @property
@@ -201,14 +202,14 @@ class LatencyTable:
             todo = [s for s in todo if s not in self.times]
         t0 = time.perf_counter()
         self.overhead_ms = call_overhead_ms(self.rt)
-        if len(todo) < len(self.needed()):  # some came from the cache: today's load against theirs, first
-            self.scale = self._load_scale()
+        if len(todo) < len(self.needed()):  # some came from the cache: the shapes timed now are kept on its basis
+            self.scale = self._load_ratio()
         desc = f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"
         for sig, ms in TQDM(time_convs(todo, self.rt), total=len(todo), desc=desc, disable=not todo):
             self.times[sig] = self._kept(ms)
         self.timed = len(todo)
         # the whole model is measured on every run (one export): the fixed cost follows today's machine load
-        self.full_ms = full_model_ms()
+        self.full_ms = self._model_at_load(full_model_ms)
         convs = sum(self.unit_ms(u, u.cin, u.cout) for u in self.units)
         self.fixed_ms = max(self.full_ms - convs, 0.0)  # isolated convs can sum to more than the model (overheads)
         if todo:
@@ -222,7 +223,8 @@ class LatencyTable:
             f"{len(self.needed()) - self.timed} from {latency_cache_dir()}) in {time.perf_counter() - t0:.1f}s: model "
             f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
             f"{self.overhead_ms * 1000:.0f} us taken off each conv"
-            + (f"; cached times x{self.scale:.2f} for today's load, from {self.load_sampled} convs re-timed)"
+            + (f"; conv times x{self.scale:.2f} for the load of the model's timing, from {self.load_sampled} convs "
+               "re-timed)"
                if self.load_sampled else ")")  # fmt: skip
         )
         return self
@@ -245,14 +247,14 @@ class LatencyTable:
                 if (sig := tuple(json.loads(k))) in want and sig not in self.times:
                     self.times[sig] = v
 
-    def _load_scale(self) -> float:
-        """Today's time over the cached time of the model's largest convs at full width, re-timed now (median).
+    def _load_ratio(self) -> float:
+        """Now's time over the table's time of the model's largest convs at full width, re-timed now (median).
 
         A cached table was timed under another load than today's whole-model measurement; without this the
         difference reads as fixed cost (a yolo26s once came out at 31 of its 168 ms fixed, so a reachable target was
         refused), and the conv share of the model, hence what a prune can give, moves with the load. Only convs
-        well above the per-call overhead say anything about the load, and the scale is kept within 1/3-3x; with no
-        such conv cached it stays 1.
+        well above the per-call overhead say anything about the load, and the ratio is kept within 1/3-3x; with no
+        such conv in the table it is 1.
         """
         full = dict.fromkeys(u.sig(u.cin, u.cout, self.rt.batch) for u in self.units if not u.depthwise)
         usable = [s for s in full if self.times.get(s, 0.0) > LOAD_MIN_OVERHEADS * self.overhead_ms]
@@ -263,6 +265,19 @@ class LatencyTable:
         self.load_sampled = len(sample)
         ratio = statistics.median((now[s] - self.overhead_ms) / (self.times[s] - self.overhead_ms) for s in sample)
         return min(max(ratio, 1 / LOAD_CLAMP), LOAD_CLAMP)
+
+    def _model_at_load(self, full_model_ms: Callable[[], float]) -> float:
+        """The whole model's ms, with the scale put on the load it ran at: the same convs re-timed right before and
+        right after it, the scale the geometric mean of the two.
+
+        The load of a shared machine moves within seconds: read at the load of the conv timings, a yolo26s came out
+        at 59 ms fixed in one run and 85 ms in the next (of 217 / 271 ms), and a reachable target was refused."""
+        before = self._load_ratio()
+        full = full_model_ms()
+        after = self._load_ratio()
+        if self.load_sampled:
+            self.scale = min(max(math.sqrt(before * after), 1 / LOAD_CLAMP), LOAD_CLAMP)
+        return full
 
     def _kept(self, ms: float) -> float:
         """A time taken today, as the table keeps it: on the cached times' load (``scale`` 1 for a new table)."""
