@@ -85,6 +85,7 @@ def test_a_cached_table_is_put_on_todays_load(monkeypatch, tmp_path):
     import yolo_prune.engine.latency as lat
 
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(lat, "LOAD_MIN_MS", 0.0)  # the fake convs of a 64 px yolo11n take under a millisecond
     load = {"now": 1.0}
     time_convs = fake_timer(monkeypatch, load)
     rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
@@ -113,6 +114,7 @@ def test_the_fixed_cost_is_taken_at_the_load_of_the_model_timing(monkeypatch, tm
     import yolo_prune.engine.latency as lat
 
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(lat, "LOAD_MIN_MS", 0.0)  # the fake convs of a 64 px yolo11n take under a millisecond
     load = {"now": 1.0}
     timer = fake_timer(monkeypatch, load)
     rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)

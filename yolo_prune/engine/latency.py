@@ -41,6 +41,7 @@ from .runtime import Runtime, measure_models
 
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
+LOAD_MIN_MS = 1.0  # ... and a millisecond: re-timed, sub-millisecond convs (torch at 96 px) gave ratios of 0.6
 LOAD_CLAMP = 3.0  # the load scale is kept within 1/3-3x
 TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
 # ExecuTorch pool always sized (tables of 1 are re-timed)
@@ -253,11 +254,12 @@ class LatencyTable:
         A cached table was timed under another load than today's whole-model measurement; without this the
         difference reads as fixed cost (a yolo26s once came out at 31 of its 168 ms fixed, so a reachable target was
         refused), and the conv share of the model, hence what a prune can give, moves with the load. Only convs
-        well above the per-call overhead say anything about the load, and the ratio is kept within 1/3-3x; with no
-        such conv in the table it is 1.
+        well above the per-call overhead and a millisecond say anything about the load, and the ratio is kept within
+        1/3-3x; with no such conv in the table it is 1.
         """
         full = dict.fromkeys(u.sig(u.cin, u.cout, self.rt.batch) for u in self.units if not u.depthwise)
-        usable = [s for s in full if self.times.get(s, 0.0) > LOAD_MIN_OVERHEADS * self.overhead_ms]
+        least = max(LOAD_MIN_OVERHEADS * self.overhead_ms, LOAD_MIN_MS)
+        usable = [s for s in full if self.times.get(s, 0.0) > least]
         sample = sorted(usable, key=lambda s: -self.times[s])[:LOAD_SAMPLE]
         if not sample:
             return 1.0
@@ -271,12 +273,16 @@ class LatencyTable:
         right after it, the scale the geometric mean of the two.
 
         The load of a shared machine moves within seconds: read at the load of the conv timings, a yolo26s came out
-        at 59 ms fixed in one run and 85 ms in the next (of 217 / 271 ms), and a reachable target was refused."""
+        at 59 ms fixed in one run and 85 ms in the next (of 217 / 271 ms), and a reachable target was refused. Only
+        a table that came from the cache is re-scaled: one timed just now keeps scale 1 (its times are this load's;
+        re-timed, the small convs of a fresh torch table at 96 px ran at 0.63 of their first timing, and a reachable
+        target was refused)."""
+        if not self.load_sampled:  # a table timed just now
+            return full_model_ms()
         before = self._load_ratio()
         full = full_model_ms()
         after = self._load_ratio()
-        if self.load_sampled:
-            self.scale = min(max(math.sqrt(before * after), 1 / LOAD_CLAMP), LOAD_CLAMP)
+        self.scale = min(max(math.sqrt(before * after), 1 / LOAD_CLAMP), LOAD_CLAMP)
         return full
 
     def _kept(self, ms: float) -> float:
