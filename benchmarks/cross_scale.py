@@ -23,6 +23,8 @@ and, seed 0 only, the points of the Pareto chart: the s base at other latency ta
 at them. n's latency is measured once, interleaved with s at 1 thread (the target every S2N_L run prunes to). At the
 end every run's best.pt is exported to ONNX and timed again, all interleaved at 1 thread in one process, so the
 chart's x axis is one measurement. Every run's result is kept in its folder (row.json): a rerun skips finished runs.
+A row.json copied in from an earlier result (with ``weights/best.pt`` of the same architecture, for the timing) and
+a ``reused`` note is listed as such in the results.
 Results: ``benchmarks/results/<name>.{json,md,csv,png}``.
 """
 
@@ -210,7 +212,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 
 def verdicts(table: list[dict], need: float) -> list[str]:
-    """The issue's criterion per family: s pruned to n's latency beats A_n by ``need`` mAP50-95 (means of the seeds)."""
+    """The issue's criteria per family: s pruned to n's latency beats A_n by ``need`` mAP50-95, and n pruned by the
+    default recipe (NG) is at most 0.5 below A_n (means of the seeds)."""
     lines = []
     for fam in sorted({r["family"] for r in table}):
         rows = {r["row"]: r for r in table if r["family"] == fam and r["fraction"] is None and not r["lever"]}

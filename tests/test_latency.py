@@ -85,7 +85,6 @@ def test_a_cached_table_is_put_on_todays_load(monkeypatch, tmp_path):
     import yolo_prune.engine.latency as lat
 
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
-    monkeypatch.setattr(lat, "LOAD_MIN_MS", 0.0)  # the fake convs of a 64 px yolo11n take under a millisecond
     load = {"now": 1.0}
     time_convs = fake_timer(monkeypatch, load)
     rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
@@ -114,7 +113,6 @@ def test_the_fixed_cost_is_taken_at_the_load_of_the_model_timing(monkeypatch, tm
     import yolo_prune.engine.latency as lat
 
     monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path))
-    monkeypatch.setattr(lat, "LOAD_MIN_MS", 0.0)  # the fake convs of a 64 px yolo11n take under a millisecond
     load = {"now": 1.0}
     timer = fake_timer(monkeypatch, load)
     rt = Runtime("onnxruntime", "cpu", threads=1, batch=1, imgsz=64)
@@ -135,6 +133,10 @@ def test_the_fixed_cost_is_taken_at_the_load_of_the_model_timing(monkeypatch, tm
     assert busy.timed == 0 and len(calls) == 3 * lat.LOAD_SAMPLE  # the first sample, then before and after the model
     assert busy.scale == pytest.approx(2.0, rel=0.01) and busy.full_ms > 1.9 * quiet.full_ms - 2.0
     assert busy.fixed_ms == pytest.approx(quiet.fixed_ms, abs=0.05)  # the first sample's scale (1) gave +convs ms
+    assert quiet.timed > 0 and quiet.load_sampled == 0 and quiet.scale == 1.0  # timed in this run: read as it is
+    monkeypatch.setattr(lat, "LOAD_SAMPLE", 0)  # as with no conv well above the call overhead
+    small = LatencyTable(units, rt, 16).build(model_ms)
+    assert small.timed == 0 and small.load_sampled == 0 and small.scale == 1.0
 
 
 def test_latency_falls_with_width_and_the_planner_meets_its_prediction(cache):

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,10 @@ from ..support import require
 from .blocks import C2fSplit, C2PSASplit
 from .backends import BACKENDS
 from .convs import call_overhead_ms, time_conv, time_convs
-from .runtime import Runtime, measure_models
+from .runtime import Runtime, measure_models, model_runner
 
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
-LOAD_MIN_MS = 1.0  # ... and a millisecond: re-timed, sub-millisecond convs (torch at 96 px) gave ratios of 0.6
 LOAD_CLAMP = 3.0  # the load scale is kept within 1/3-3x
 TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
 # ExecuTorch pool always sized (tables of 1 are re-timed)
@@ -169,7 +169,7 @@ class LatencyTable:
         self.full_ms = 0.0
         self.timed = 0  # timings made by this object (0 when everything came from the cache)
         self.overhead_ms = 0.0  # per-call cost of the runtime, taken off every isolated conv time
-        self.scale = 1.0  # conv times at the whole-model timing over the table's (see _load_at_model)
+        self.scale = 1.0  # conv times at the whole-model timing over the table's (see _model_at_load)
         self.load_sampled = 0  # convs re-timed for that scale (0: not measured, 1.0 taken)
 
     @property
@@ -203,7 +203,8 @@ class LatencyTable:
             todo = [s for s in todo if s not in self.times]
         t0 = time.perf_counter()
         self.overhead_ms = call_overhead_ms(self.rt)
-        if len(todo) < len(self.needed()):  # some came from the cache: the shapes timed now are kept on its basis
+        cached = len(todo) < len(self.needed())
+        if cached:  # some came from the cache: the shapes timed now are kept on its basis
             self.scale = self._load_ratio()
         desc = f"yolo-prune: latency table ({self.rt.name}, {len(todo)} conv shapes)"
         for sig, ms in TQDM(time_convs(todo, self.rt), total=len(todo), desc=desc, disable=not todo):
@@ -225,8 +226,8 @@ class LatencyTable:
             f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
             f"{self.overhead_ms * 1000:.0f} us taken off each conv"
             + (f"; conv times x{self.scale:.2f} for the load of the model's timing, from {self.load_sampled} convs "
-               "re-timed)"
-               if self.load_sampled else ")")  # fmt: skip
+               "re-timed)" if self.load_sampled else
+               "; cached times read as they are: no conv well above the call overhead to re-time)" if cached else ")")  # fmt: skip
         )
         return self
 
@@ -254,12 +255,11 @@ class LatencyTable:
         A cached table was timed under another load than today's whole-model measurement; without this the
         difference reads as fixed cost (a yolo26s once came out at 31 of its 168 ms fixed, so a reachable target was
         refused), and the conv share of the model, hence what a prune can give, moves with the load. Only convs
-        well above the per-call overhead and a millisecond say anything about the load, and the ratio is kept within
-        1/3-3x; with no such conv in the table it is 1.
+        well above the per-call overhead say anything about the load, and the ratio is kept within 1/3-3x; with no
+        such conv in the table it is 1.
         """
         full = dict.fromkeys(u.sig(u.cin, u.cout, self.rt.batch) for u in self.units if not u.depthwise)
-        least = max(LOAD_MIN_OVERHEADS * self.overhead_ms, LOAD_MIN_MS)
-        usable = [s for s in full if self.times.get(s, 0.0) > least]
+        usable = [s for s in full if self.times.get(s, 0.0) > LOAD_MIN_OVERHEADS * self.overhead_ms]
         sample = sorted(usable, key=lambda s: -self.times[s])[:LOAD_SAMPLE]
         if not sample:
             return 1.0
@@ -272,12 +272,11 @@ class LatencyTable:
         """The whole model's ms, with the scale put on the load it ran at: the same convs re-timed right before and
         right after it, the scale the geometric mean of the two.
 
-        The load of a shared machine moves within seconds: read at the load of the conv timings, a yolo26s came out
-        at 59 ms fixed in one run and 85 ms in the next (of 217 / 271 ms), and a reachable target was refused. Only
-        a table that came from the cache is re-scaled: one timed just now keeps scale 1 (its times are this load's;
-        re-timed, the small convs of a fresh torch table at 96 px ran at 0.63 of their first timing, and a reachable
-        target was refused)."""
-        if not self.load_sampled:  # a table timed just now
+        The load of a shared machine moves within seconds; sampled once, before the new shapes were timed and the
+        model exported, the scale could be a minute older than the model's timing. Only a table that came from the
+        cache is re-scaled: one timed just now keeps scale 1 (its times are this load's; re-timed, the small convs
+        of a fresh torch table at 96 px ran at 0.63 of their first timing, and a reachable target was refused)."""
+        if not self.load_sampled:  # timed just now, or no cached conv well above the call overhead
             return full_model_ms()
         before = self._load_ratio()
         full = full_model_ms()
@@ -314,7 +313,14 @@ def build_table(model: nn.Module, rt: Runtime, round_to: int) -> LatencyTable:
     if any(getattr(m, "one2one_cv2", None) is not None for m in model.modules()):
         require("yolo26 export", "prune_latency on a YOLO26 model")
     table = LatencyTable(conv_units(model, rt.imgsz), rt, round_to)
-    return table.build(lambda: measure_models({"model": model}, rt)["model"])
+    with tempfile.TemporaryDirectory() as tmp:
+        level = LOGGER.level
+        LOGGER.setLevel("WARNING")  # an export logs a page
+        try:  # exported before the table is built, so the load samples bracket the model's timing, not its export
+            runners = {"model": model_runner(model, rt, tmp)}
+        finally:
+            LOGGER.setLevel(level)
+        return table.build(lambda: measure_models({"model": model}, rt, runners=runners)["model"])
 
 
 def latency_line(info: dict) -> str:
