@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..support import require
 from .blocks import C2fSplit, C2PSASplit
 from .backends import BACKENDS
 from .convs import call_overhead_ms, time_conv, time_convs
-from .runtime import Runtime, measure_models, model_runner
+from .runtime import Runtime, measure_models, model_runners
 
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
@@ -313,14 +312,8 @@ def build_table(model: nn.Module, rt: Runtime, round_to: int) -> LatencyTable:
     if any(getattr(m, "one2one_cv2", None) is not None for m in model.modules()):
         require("yolo26 export", "prune_latency on a YOLO26 model")
     table = LatencyTable(conv_units(model, rt.imgsz), rt, round_to)
-    with tempfile.TemporaryDirectory() as tmp:
-        level = LOGGER.level
-        LOGGER.setLevel("WARNING")  # an export logs a page
-        try:  # exported before the table is built, so the load samples bracket the model's timing, not its export
-            runners = {"model": model_runner(model, rt, tmp)}
-        finally:
-            LOGGER.setLevel(level)
-        return table.build(lambda: measure_models({"model": model}, rt, runners=runners)["model"])
+    runners = model_runners({"model": model}, rt)  # exported first: the load samples bracket its timing only
+    return table.build(lambda: measure_models({"model": model}, rt, runners=runners)["model"])
 
 
 def latency_line(info: dict) -> str:

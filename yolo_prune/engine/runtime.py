@@ -174,24 +174,33 @@ def exported_runner(
     return lambda: session.run(x)
 
 
-def measure_models(
-    models: dict[str, nn.Module], rt: Runtime, runs: int = 50, runners: dict[str, Callable] | None = None
-) -> dict[str, float]:
-    """Median milliseconds of each whole model on ``rt``, timed in alternation (so load changes hit all alike).
-
-    ``runners`` holds callables already built (by :func:`model_runner`), e.g. the unpruned model's across re-aims;
-    the ones built here are added to it.
-    """
+def model_runners(
+    models: dict[str, nn.Module], rt: Runtime, runners: dict[str, Callable] | None = None
+) -> dict[str, Callable]:
+    """``runners`` (a new dict if None) with a :func:`model_runner` added for each model it lacks, exported quietly
+    (an export logs a page per model). The runners outlive the export folder: they hold their sessions."""
     runners = {} if runners is None else runners
     level = LOGGER.level
-    LOGGER.setLevel("WARNING")  # an export logs a page per model
+    LOGGER.setLevel("WARNING")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for k, m in models.items():
                 if k not in runners:
                     runners[k] = model_runner(m, rt, tmp)
-            fns = {k: runners[k] for k in models}
-            return {k: v["median_ms"] for k, v in time_interleaved(fns, runs).items()}
     finally:
         LOGGER.setLevel(level)
+    return runners
+
+
+def measure_models(
+    models: dict[str, nn.Module], rt: Runtime, runs: int = 50, runners: dict[str, Callable] | None = None
+) -> dict[str, float]:
+    """Median milliseconds of each whole model on ``rt``, timed in alternation (so load changes hit all alike).
+
+    ``runners`` holds callables already built (by :func:`model_runners`), e.g. the unpruned model's across re-aims;
+    the ones built here are added to it.
+    """
+    runners = model_runners(models, rt, runners)
+    fns = {k: runners[k] for k in models}
+    return {k: v["median_ms"] for k, v in time_interleaved(fns, runs).items()}
 
