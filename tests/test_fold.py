@@ -119,31 +119,37 @@ def test_fold_matches_split_and_gives_ultralytics_classes(pruned_detect, family)
 
 
 def test_planner_moves_split_halves_in_lockstep(tmp_path):
-    """Uniform ratio, GFLOPs target (with its one-unit-at-a-time gap closing) and sensitivity allocation all remove the
-    same count from a block's two halves, and none from a half whose partner cannot be pruned (it feeds attention)."""
+    """Uniform ratio, GFLOPs target (with its one-unit-at-a-time gap closing), sensitivity allocation and global
+    ranking all remove the same count from a block's two halves, and none from a half whose partner cannot be pruned
+    (it feeds attention)."""
     from yolo_prune.engine.pruner import ChannelPruner
     from yolo_prune.engine.allocate import removed_for_target
 
     model = prepare_model(YOLO("yolo26n.yaml").model)
     pruner = ChannelPruner(model, prune_round=8)
+    ranked = ChannelPruner(model, prune_round=8, prune_global=True)
     assert len(pruner.pairs) == sum(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
     assert any(None in pair for pair in pruner.pairs)  # C2PSA and the attention C3k2: cv1 half feeds Attention
+    assert ranked.pairs == pruner.pairs
     table = tmp_path / "sensitivity.csv"
     rows = [f"{k},{r},{0.01 * (k % 5 + 1) * r}" for k in pruner.layer_keys() for r in (0.25, 0.5, 0.75)]
     table.write_text("layer,ratio,drop\nnone,0,0\n" + "\n".join(rows) + "\n")
     plans = {
-        "ratio": pruner.plan(ratio=0.5),
-        "flops": pruner.plan(flops_fraction=0.5),
-        "sensitivity": pruner.plan_removed(removed_for_target(pruner, table, 0.5)),
+        "ratio": (pruner, pruner.plan(ratio=0.5)),
+        "flops": (pruner, pruner.plan(flops_fraction=0.5)),
+        "sensitivity": (pruner, pruner.plan_removed(removed_for_target(pruner, table, 0.5))),
+        "global ratio": (ranked, ranked.plan(ratio=0.4)),
+        "global flops": (ranked, ranked.plan(flops_fraction=0.5)),
     }
-    for how, plan in plans.items():
+    for how, (p, plan) in plans.items():
         removed = {name: len(idxs) for name, idxs in plan.groups}
-        counts = [[removed.get(pruner.groups[g][0], 0) if g is not None else None for g in p] for p in pruner.pairs]
+        counts = [[removed.get(p.groups[g][0], 0) if g is not None else None for g in pair] for pair in p.pairs]
         assert any(c[0] for c in counts), how  # halves were pruned at all
         for c in counts:
             assert c[0] == c[1] or (None in c and not any(c[i] for i in (0, 1) if c[i] is not None)), (how, c)
-    unranked = ChannelPruner(model, prune_round=8, prune_global=True)
-    assert unranked.pairs == []  # prune_global ranks every group alone
+    # the ranking moves the halves itself: its raw allocation is already locked (plan_removed's lock drops nothing)
+    for raw in (ranked.removed_global(ratio=0.4), ranked.removed_global(flops_fraction=0.5)):
+        assert raw == ranked.lock(raw) and any(raw[g] for pair in ranked.pairs if None not in pair for g in pair)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -159,36 +165,52 @@ def test_onnx_has_as_many_convs_as_unpruned(tmp_path, pruned_detect, family):
 
 
 def test_unequal_halves_fold_to_yolo_prune_class(tmp_path, pruned_detect):
-    """prune_global may prune a block's halves differently: one folded conv of a yolo-prune class, listed in the
-    summary and named in one log line; prune_layers on one half does the same."""
+    """prune_layers on one half of a block prunes the halves differently: one folded conv of a yolo-prune class,
+    listed in the summary and named in one log line (prune_global keeps the halves equal: nothing folds)."""
     base, _, _ = pruned_detect["yolo11n"]
     src = save_checkpoint(base, tmp_path / "base.pt", {"task": "detect", "imgsz": 64})
-    s = prune_file(src, imgsz=64, project=tmp_path, name="g", prune=0.5, prune_global=True, prune_round=8)
-    assert s["needs_yolo_prune"] and json.loads((tmp_path / "g" / "prune_summary.json").read_text()) == {
+    ranked = prune_file(src, imgsz=64, project=tmp_path, name="r", prune=0.5, prune_global=True, prune_round=8)
+    prune_file(src, imgsz=64, project=tmp_path, name="u", prune=0.5, prune_round=8)
+    assert ranked["needs_yolo_prune"] == []
+    widths = {  # ranked: other widths than one ratio, in Ultralytics' and torch's classes only (stock-loadable)
+        n: [m.out_channels for m in YOLO(str(tmp_path / n / "weights" / "pruned.pt")).model.modules()
+            if isinstance(m, torch.nn.Conv2d)]
+        for n in ("r", "u")
+    }  # fmt: skip
+    assert len(widths["r"]) == len(widths["u"]) and widths["r"] != widths["u"]
+    assert all(type(m).__module__.split(".")[0] in {"ultralytics", "torch"} for m in YOLO(
+        str(tmp_path / "r" / "weights" / "pruned.pt")).model.modules())  # fmt: skip
+    layers = {"model.6.cv0": 0.5}
+    s = prune_file(src, imgsz=64, project=tmp_path, name="g", prune=0.5, prune_layers=layers, prune_round=8)
+    assert s["needs_yolo_prune"] == ["model.6"] and json.loads((tmp_path / "g" / "prune_summary.json").read_text()) == {
         k: v for k, v in s.items() if k != "save_dir"
     }
     model = YOLO(str(tmp_path / "g" / "weights" / "pruned.pt")).model
     folded = {n: m for n, m in model.named_modules() if isinstance(m, (C2fFolded, C2PSAFolded))}
-    assert sorted(folded) == sorted(s["needs_yolo_prune"])
+    assert sorted(folded) == s["needs_yolo_prune"]
     assert all(m.c0 != m.c1 and m.cv1.conv.out_channels == m.c0 + m.c1 for m in folded.values())
+    assert model.model[6].base is C3k2 and model.model[6].c0 < model.model[6].c1
     assert not isinstance(next(iter(folded.values())), (C2f, C2PSA))  # the exporter must not patch it
     assert not any(isinstance(m, (C2fSplit, C2PSASplit)) for m in model.modules())
     split = prepare_model(copy.deepcopy(model))  # re-split for the next prune: same outputs
     x = torch.rand(2, 3, 64, 64)
     assert all(np.abs(a - b).max() <= 1e-5 for a, b in zip(flat_outputs(split, x), flat_outputs(model, x)))
 
-    # prune_layers on one half: only that block differs; the log says so in one line
+    # the Python entry: only that block differs; a whole-layer ratio on C2PSA (whose other half feeds attention)
+    # is applied to the half it can prune, not dropped to keep the halves equal
     net = copy.deepcopy(base)
-    prune_model(net, prune_layers={"model.6.cv0": 0.5}, prune_round=8)
+    prune_model(net, prune_layers=layers, prune_round=8)
     assert needs_yolo_prune(net) == ["model.6"] and isinstance(net.model[6], C2fFolded)
-    assert net.model[6].base is C3k2 and net.model[6].c0 < net.model[6].c1
-    ref = flat_outputs(net, x)
-    resplit = prepare_model(copy.deepcopy(net))
-    assert all(np.abs(a - b).max() <= 1e-5 for a, b in zip(ref, flat_outputs(resplit, x)))
+    net = copy.deepcopy(base)
+    c0 = net.model[10].cv1.conv.out_channels // 2
+    prune_model(net, prune_layers={10: 0.5}, prune_round=8)
+    assert needs_yolo_prune(net) == ["model.10"] and net.model[10].c0 < c0 == net.model[10].c1
 
+    ratios = tmp_path / "ratios.yaml"
+    ratios.write_text("model.6.cv0: 0.5\n")
     r = subprocess.run(
-        [sys.executable, "-m", "yolo_prune", "prune", f"model={src}", "prune=0.5", "prune_global=True", "prune_round=8"]
-        + ["imgsz=64", f"project={tmp_path}", "name=cli"],
+        [sys.executable, "-m", "yolo_prune", "prune", f"model={src}", "prune=0.5", f"prune_layers={ratios}"]
+        + ["prune_round=8", "imgsz=64", f"project={tmp_path}", "name=cli"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -79,14 +79,19 @@ def removed_global(
 ) -> list[int]:
     """Channels to remove per group, ranked across all groups (``prune_global``).
 
-    Channels go in rounding units, least important unit first over the whole model (a heap of each group's next
-    unit, scored by its mean importance), until ``ratio`` of all channels or the cost ``fraction`` is reached. No
-    group loses more than ``max_ratio`` of its channels or keeps fewer than ``round_to``. torch-pruning's
-    ``global_pruning`` works on ratios only and has no rounding to multiples, hence this loop.
+    Channels go in rounding units, least important unit first over the whole model (a heap of each unit's next step,
+    scored by the mean importance of the channels it removes), until ``ratio`` of all channels or the cost
+    ``fraction`` is reached. A split block's two halves are one unit, so the block keeps equal halves and folds back
+    to Ultralytics' class (a checkpoint plain ``ultralytics`` loads); a block with a half that cannot be pruned is
+    left whole. No group loses more than ``max_ratio`` of its channels or keeps fewer than ``round_to``.
+    torch-pruning's ``global_pruning`` works on ratios only and has no rounding to multiples, hence this loop.
     """
     sizes = [len(order) for _, order, *_ in pruner.groups]
     removed = [pruner.fixed.get(g, 0) for g in range(len(sizes))]
     r = pruner.round_to
+    paired = {g for pair in pruner.pairs for g in pair}
+    units = [(g,) for g in range(len(sizes)) if g not in pruner.fixed and g not in paired]
+    units += [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
 
     def next_level(g: int) -> int | None:
         """Removed count after group g's next unit, keeping the kept count a multiple of round_to."""
@@ -95,10 +100,17 @@ def removed_global(
         keep_min = max(r, math.ceil((1 - pruner.max_ratio) * size / r) * r)
         return size - kept if size > r and kept >= keep_min else None
 
-    heap = []
-    for g in range(len(sizes)):
-        if g not in pruner.fixed and (lvl := next_level(g)) is not None:
-            heapq.heappush(heap, (sum(pruner.groups[g][3][removed[g] : lvl]) / (lvl - removed[g]), g, lvl))
+    heap: list[tuple[float, tuple[int, ...], list[int]]] = []
+
+    def push(unit: tuple[int, ...]) -> None:
+        """Queue the unit's next step, scored by the mean importance of the channels it would remove."""
+        levels = [next_level(g) for g in unit]
+        if None not in levels:
+            lost = sum(sum(pruner.groups[g][3][removed[g] : lvl]) for g, lvl in zip(unit, levels))
+            heapq.heappush(heap, (lost / sum(lvl - removed[g] for g, lvl in zip(unit, levels)), unit, levels))
+
+    for unit in units:
+        push(unit)
     base = cost.base
     target_channels = ratio * sum(sizes) if ratio is not None else None
     while heap:
@@ -106,10 +118,10 @@ def removed_global(
             break
         if fraction is not None and cost.estimate(removed) / base <= fraction:
             break
-        _, g, lvl = heapq.heappop(heap)
-        removed[g] = lvl
-        if (lvl := next_level(g)) is not None:
-            heapq.heappush(heap, (sum(pruner.groups[g][3][removed[g] : lvl]) / (lvl - removed[g]), g, lvl))
+        _, unit, levels = heapq.heappop(heap)
+        for g, lvl in zip(unit, levels):
+            removed[g] = lvl
+        push(unit)
     return removed
 
 

@@ -74,16 +74,19 @@ class ChannelPruner:
                 raise PruneError(f"prune_layers: {key!r} matches no prunable layer; accepted: {self.layer_keys()}")
             for g in hits:
                 self.fixed[g] = len(self.groups[g][1]) - kept_channels(len(self.groups[g][1]), ratio, self.round_to)
-        # stock C2f / C2PSA need equal halves: each split block's two groups move together unless ranked globally
-        self.pairs = [] if prune_global else self._split_pairs(prune_layers or {})
+        # stock C2f / C2PSA need equal halves: each split block's two groups move together, also when ranked globally
+        self.pairs = self._split_pairs(prune_layers or {})
         # measured after ranking, on the unpruned model: allocators evaluate candidates on it without re-tracing
         self.flops_cost = FlopsCost(self.model, self.graph, [group for _, _, group, _ in self.groups])
 
     def _split_pairs(self, layer_ratios: dict) -> list[tuple[int | None, int | None]]:
         """Per split block, the groups owning its ``cv0`` and ``cv1`` output channels (None: not prunable).
 
-        A block with a ``layer_ratios`` key inside it (e.g. ``model.2.cv0``) that fixes one of the two groups is left
-        out: the user asked for that half alone, so the halves may differ (the block then folds to a yolo-prune class).
+        Left out, so their halves may differ (the block then folds to a yolo-prune class): a block with a
+        ``layer_ratios`` key inside it (e.g. ``model.2.cv0``) that fixes one of the two groups (the user asked for that
+        half alone); a block with a fixed half whose partner cannot be pruned (``{10: 0.5}`` on C2PSA: the lock would
+        drop the ratio asked for); a block whose halves already differ (a folded checkpoint, re-split: equal removals
+        cannot make it Ultralytics' class again, and each half keeps its own rounding).
         """
         owner: dict[nn.Module, int] = {}
         for g, (_, _, group, _) in enumerate(self.groups):
@@ -96,8 +99,13 @@ class ChannelPruner:
                 continue
             pair = (owner.get(block.cv0.conv), owner.get(block.cv1.conv))
             inside = [k for k in layer_ratios if str(k).startswith(name + ".")]  # int keys name whole layers
-            if not any(g is not None and match_layer(self.groups[g][0], k) for k in inside for g in pair):
-                pairs.append(pair)
+            if any(g is not None and match_layer(self.groups[g][0], k) for k in inside for g in pair):
+                continue
+            if None in pair and any(g in self.fixed for g in pair):
+                continue
+            if None not in pair and len(self.groups[pair[0]][1]) != len(self.groups[pair[1]][1]):
+                continue
+            pairs.append(pair)
         return pairs
 
     def lock(self, removed: list[int]) -> list[int]:
