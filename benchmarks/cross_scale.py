@@ -8,6 +8,8 @@ Usage:
       --name cross_scale_640                                       # latency matched at the deployment size
   python benchmarks/cross_scale.py --bases /tmp/bench/bases --seeds 3 --latency-imgsz 640 --rows S2N_L1,A_n \
       --name cross_scale_640_seeds                                 # the criterion's two rows over 3 seeds
+  python benchmarks/cross_scale.py --bases /tmp/bench/bases --seeds 3 --latency-imgsz 640 --rows NG --cuts 0.3 \
+      --lever prune_method=lamp,prune_global=True --no-timing      # a lever on the -30% rows, judged by mAP alone
 
 Bases: ``benchmarks/bases.py`` (every epoch of the schedule, then close_mosaic), in ``--bases`` as
 ``<family><scale>_base/weights/best.pt``. Rows per family, each fine-tuned for the same ``--epochs`` with the same
@@ -18,7 +20,8 @@ recipe, per seed:
   S2N_G the s base with ``prune=`` set to n's GFLOPs
   S2N_L1 (``--latency-imgsz N``) the s base one-shot pruned to n's latency measured at N px, then fine-tuned
   NG    the n base with the default recipe at ``prune=`` each ``--cuts`` fraction of its GFLOPs (the -30% criterion)
-  ``--lever key=value,...``: S2N_L rows with those keys added (a recipe lever), next to the others
+  ``--lever key=value,...``: the ``--rows`` rows (default S2N_L, S2N_L1 with ``--latency-imgsz``; not the chart's
+        front rows) with those keys added (a recipe lever); planner keys go to the one-shot prune of S2N_L1
 and, seed 0 only, the points of the Pareto chart: the s base at other latency targets (``--fronts``) and the n base
 at them. n's latency is measured once, interleaved with s at 1 thread (the target every S2N_L run prunes to). At the
 end every run's best.pt is exported to ONNX and timed again, all interleaved at 1 thread in one process, so the
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import time
@@ -45,7 +49,8 @@ TITLES = {"A_n": "n base trained on", "A_s": "s base trained on", "S2N_L": "s pr
           "SL": "s at prune_latency", "NL": "n at prune_latency",
           "SL1": "s one-shot at prune_latency, then fine-tuned",
           "NL1": "n one-shot at prune_latency, then fine-tuned",
-          "NG": "n with the default recipe at prune="}  # fmt: skip
+          "NG": "n pruned by GFLOPs"}  # fmt: skip
+ENGINE = ("prune_method", "prune_round", "prune_global", "prune_max_ratio", "prune_ignore", "prune_layers")  # planner
 LAT = {"imgsz": P["imgsz"]}  # where latency is measured (--latency-imgsz: the deployment size; training stays at 128)
 
 
@@ -82,15 +87,18 @@ def specs(
     seeds: int, fronts: list[float], lever: str | None = None, only: list[str] | None = None, cuts: tuple = (0.3,)
 ) -> list[dict]:
     """Every run for one family, seeds outermost (a stopped benchmark has whole seeds), the chart's points last; with
-    ``lever`` (``key=value,...``), only the s-to-n-latency rows with those keys added. With latency measured at the
-    deployment size (``--latency-imgsz``), the latency rows are one-shot there, then fine-tuned (S2N_L1, SL1, NL1).
+    ``lever`` (``key=value,...``), only the rows of ``only`` (default: s to n's latency) with those keys added. With
+    latency measured at the deployment size (``--latency-imgsz``), the latency rows are one-shot there, then
+    fine-tuned (S2N_L1, SL1, NL1).
     ``only`` keeps those rows (``--rows``: e.g. the criterion's two over more seeds). ``cuts``: the NG rows' GFLOPs
     fractions, each with every seed."""
     one = LAT["imgsz"] != P["imgsz"]
     main, fr = ("S2N_L1", ("SL1", "NL1")) if one else ("S2N_L", ("SL", "NL"))
     at = {"latency_imgsz": LAT["imgsz"]} if one else {}
-    if lever:
-        return [{"row": main, "seed": s, "fraction": None, "lever": lever, **at} for s in range(seeds)]
+    if lever:  # the lever on the rows of --rows (default: the s-to-n-latency row), every seed
+        return [{"row": r, "seed": s, "fraction": c, "lever": lever, **(at if r == main else {})}
+                for s in range(seeds) for r in (only or [main])
+                for c in (cuts if r == "NG" else (None,))]  # fmt: skip
     rows = (main, "A_n", "S2N_G", "A_s")
     out = [spec for s in range(seeds) for spec in (
         *({"row": r, "seed": s, "fraction": None, **(at if r == main else {})} for r in rows),
@@ -138,19 +146,21 @@ def run_spec(spec: dict, family: str, bases: Path, target: dict, epochs: int, de
         sz, net = spec["latency_imgsz"], YOLO(str(base)).model
         aim = target["prune_latency"] if row == "S2N_L1" else frac
         keys = {"prune_latency": aim, "imgsz": sz, "prune_threads": 1, **lever_keys(spec.get("lever"))}
+        eng = {k: v for k, v in keys.items() if k in ENGINE}  # the planner's lever keys go to the one-shot prune
         rt = Runtime("onnxruntime", "cpu", 1, 1, sz)
         try:
-            spec = {**spec, "oneshot": prune_model(net, prune_latency=aim, imgsz=sz, runtime=rt).latency}
+            spec = {**spec, "oneshot": prune_model(net, prune_latency=aim, imgsz=sz, runtime=rt, **eng).latency}
         except PruneError as e:  # n's latency out of s's reach here: s as close as it gets, with the refusal kept
             aim = float(re.search(r"prune_latency <= ([0-9.]+)", str(e)).group(1)) - 0.01
             keys["prune_latency"], net = aim, YOLO(str(base)).model
             spec = {**spec, "out_of_reach": str(e), "reached": aim,
-                    "oneshot": prune_model(net, prune_latency=aim, imgsz=sz, runtime=rt).latency}  # fmt: skip
+                    "oneshot": prune_model(net, prune_latency=aim, imgsz=sz, runtime=rt, **eng).latency}  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
         base = save_checkpoint(net, work / f"{name}_oneshot.pt", {"task": "detect", "imgsz": P["imgsz"]})
     try:
         best, _ = train(YOLO(str(base)), name, P, epochs, device, work, seed=seed,
-                        **(lever_keys(spec.get("lever")) if "latency_imgsz" in spec else keys))  # fmt: skip
+                        **({k: v for k, v in lever_keys(spec.get("lever")).items() if k not in ENGINE}
+                           if "latency_imgsz" in spec else keys))  # fmt: skip
     except PruneError as e:  # the target out of reach at this size on this runtime: kept as a row that says so
         out = {
             **spec,
@@ -206,7 +216,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
                     "epochs": rs[0]["epochs"],
                     "params": rs[0]["params"], "gflops": rs[0]["gflops"], "map50_95": round(statistics.mean(maps), 4),
                     "map50_95_std": round(statistics.stdev(maps), 4) if len(maps) > 1 else 0.0,
-                    "onnx_ms": round(statistics.mean(r[ms_key()] for r in rs), 3),
+                    "onnx_ms": round(statistics.mean([r[ms_key()] for r in rs if ms_key() in r] or [math.nan]), 3),
                     "train_s": round(statistics.mean(r["train_s"] for r in rs), 1)})  # fmt: skip
     return out
 
@@ -225,7 +235,8 @@ def verdicts(table: list[dict], need: float) -> list[str]:
         lines.append(f"- {fam}: s pruned to n's latency {b['map50_95']:.4f} ({b['onnx_ms']:.2f} ms) vs A_n "
                      f"{a['map50_95']:.4f} ({a['onnx_ms']:.2f} ms): {gap:+.4f}, target >= +{need:.3f}: "
                      f"**{'met' if gap >= need else 'not met'}** (seeds {b['seeds']}/{a['seeds']})")  # fmt: skip
-    for r in (r for r in table if r["row"] == "NG"):  # the -30% criterion: the default recipe within 0.5 of A_n
+    # the -30% criterion: the default recipe (no lever) within 0.5 of A_n
+    for r in (r for r in table if r["row"] == "NG" and not r["lever"]):
         a = next((x for x in table if x["family"] == r["family"] and x["row"] == "A_n"), None)
         if a:
             gap = r["map50_95"] - a["map50_95"]
@@ -246,8 +257,9 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     save_csv(name, table, list(table[0]) if table else [])
     body = [f"Data {P['data']}, imgsz {P['imgsz']}, batch {P['batch']}; every row fine-tuned {out['epochs']} epochs "
             f"from its base (benchmarks/bases.py) with the same recipe. ONNX Runtime: imgsz {LAT['imgsz']}, batch 1, "
-            "1 thread, every run's "
-            "best.pt timed interleaved, the median of 3 passes. Targets: " + "; ".join(
+            + ("1 thread, not re-timed (--no-timing: ms only where a kept row has them). " if out.get("no_timing")
+               else "1 thread, every run's best.pt timed interleaved, the median of 3 passes. ")
+            + "Targets: " + "; ".join(
                 f"{f}: n/s latency {t['latency_ratio']:.3f} (prune_latency={t['prune_latency']:.3f}), GFLOPs "
                 f"{t['gflops_n']:.2f}/{t['gflops_s']:.2f} (prune={t['prune']:.3f})" for f, t in targets.items()),
             "", "| family | row | target | seeds | params | GFLOPs@640 | mAP50-95 | ONNX RT ms |",
@@ -264,7 +276,8 @@ def write(name: str, runs: list[dict], targets: dict, out: dict) -> None:
     body += [f"Reused: {r['name']}: {r['reused']}" for r in runs if "reused" in r]
     body += ["", "Criterion (issue #21):", *verdicts(table, 0.015)]
     a_n = {r["family"]: r for r in table if r["row"] == "A_n"}
-    body += [f"- lever {r['lever']}: {r['family']} s pruned to n's latency {r['map50_95']:.4f} vs A_n "
+    cut = lambda r: "" if r["fraction"] is None else f" at -{r['fraction']:.0%}"  # noqa: E731
+    body += [f"- lever {r['lever']}: {r['family']} {TITLES[r['row']]}{cut(r)} {r['map50_95']:.4f} vs A_n "
              f"{a_n[r['family']]['map50_95']:.4f} ({r['map50_95'] - a_n[r['family']]['map50_95']:+.4f}, seeds "
              f"{r['seeds']})" for r in table if r["lever"] and r["family"] in a_n]  # fmt: skip
     save(name, {**out, "targets": targets, "table": table, "runs": runs}, body)
@@ -320,24 +333,30 @@ def main() -> None:
         "latency at that size, fine-tuned at 128; every row re-timed at that size",
     )
     ap.add_argument("--rows", help="only these rows, e.g. S2N_L1,A_n (the criterion's two)")
-    ap.add_argument("--lever", help="key=value[,key=value]: only the S2N_L rows, with these keys (a recipe lever)")
+    ap.add_argument("--no-timing", action="store_true", help="skip the final re-timing (a lever screen: mAP only)")
+    ap.add_argument(
+        "--lever", help="key=value[,key=value]: only the --rows rows (default: S2N_L), with these keys (a recipe lever)"
+    )
     args = ap.parse_args()
     only = args.rows.split(",") if args.rows else None
     if only and set(only) - set(TITLES):
         ap.error(f"--rows {args.rows}: accepted rows are {', '.join(TITLES)}")
+    if args.lever and only and set(only) & {"SL", "NL", "SL1", "NL1"}:
+        ap.error(f"--lever with --rows {args.rows}: the chart's front rows take no lever; accepted: S2N_L, S2N_L1, NG")
     LAT["imgsz"] = args.latency_imgsz or P["imgsz"]
     bases, work = Path(args.bases).resolve(), Path(args.work).resolve()
     fams = args.families.split(",")
     fronts = [float(f) for f in args.fronts.split(",") if f]
-    out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts}
+    out = {**header(), "epochs": args.epochs, "seeds": args.seeds, "fronts": fronts, "no_timing": args.no_timing}
     targets = {f: n_target(bases, f) for f in fams}
     t0 = time.perf_counter()
     cuts = tuple(float(c) for c in args.cuts.split(",") if c)
-    for spec in specs(args.seeds, fronts, args.lever, only, cuts):  # seed by seed across families: stopped, rows compare
+    for spec in specs(args.seeds, fronts, args.lever, only, cuts):  # seed by seed across families: a stop keeps seeds
         for fam in fams:
             run_spec(spec, fam, bases, targets[fam], args.epochs, args.device, work)
             out["wall_s"] = round(time.perf_counter() - t0, 1)
-    remeasure(work, fams)
+    if not args.no_timing:  # --no-timing: a lever screen, judged by mAP alone (the ms columns read nan)
+        remeasure(work, fams)
     runs = [json.loads(f.read_text()) for f in sorted(work.glob("*/row.json"))]
     write(args.name, [r for r in runs if r["family"] in fams and r["epochs"] == args.epochs], targets, out)
 
