@@ -70,8 +70,8 @@ def time_here(runs: list[dict], bases: Path, runs_per_pass: int = 100) -> dict[s
     1 thread, the median of 3 passes' ratios (a pass is one load; the ratio within it is what holds).
 
     Denormal floats are flushed to zero while timing: two yolo26n runs of one pruned architecture (the same ONNX graph,
-    other weights) timed 0.91 and 0.98 of the base on the random input without it, 0.745 and 0.746 with it (two
-    others 0.69 and 0.90, then 0.719 and 0.719). At 1 thread ONNX Runtime computes on the calling thread, which its
+    other weights) timed 0.66-0.69 and 0.85-0.90 of the base on the random input without it, both 0.68-0.76 with it
+    (``benchmarks/results/denormals.md``). At 1 thread ONNX Runtime computes on the calling thread, which its
     ``session.set_denormal_as_zero`` does not reach (that made no difference here); torch's flag sets that thread's.
     """
     import torch

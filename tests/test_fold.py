@@ -195,6 +195,12 @@ def test_unequal_halves_fold_to_yolo_prune_class(tmp_path, pruned_detect):
     split = prepare_model(copy.deepcopy(model))  # re-split for the next prune: same outputs
     x = torch.rand(2, 3, 64, 64)
     assert all(np.abs(a - b).max() <= 1e-5 for a, b in zip(flat_outputs(split, x), flat_outputs(model, x)))
+    from yolo_prune.engine.pruner import ChannelPruner
+
+    again = ChannelPruner(split, prune_round=8)  # its unequal halves are not paired: each keeps its own rounding
+    halves = [again.groups[g][0] for pair in again.pairs for g in pair if g is not None]
+    assert len(again.pairs) == sum(isinstance(m, (C2fSplit, C2PSASplit)) for m in split.modules()) - 1
+    assert halves and not any(n.startswith(("model.6.cv0", "model.6.cv1")) for n in halves)
 
     # the Python entry: only that block differs; a whole-layer ratio on C2PSA (whose other half feeds attention)
     # is applied to the half it can prune, not dropped to keep the halves equal

@@ -83,7 +83,8 @@ def removed_global(
     scored by the mean importance of the channels it removes), until ``ratio`` of all channels or the cost
     ``fraction`` is reached. A split block's two halves are one unit, so the block keeps equal halves and folds back
     to Ultralytics' class (a checkpoint plain ``ultralytics`` loads); a block with a half that cannot be pruned is
-    left whole. No group loses more than ``max_ratio`` of its channels or keeps fewer than ``round_to``.
+    left whole (unless ``prune_layers`` fixed its other half: see ``ChannelPruner._split_pairs``). No group loses
+    more than ``max_ratio`` of its channels or keeps fewer than ``round_to``.
     torch-pruning's ``global_pruning`` works on ratios only and has no rounding to multiples, hence this loop.
     """
     sizes = [len(order) for _, order, *_ in pruner.groups]

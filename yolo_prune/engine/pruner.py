@@ -75,6 +75,7 @@ class ChannelPruner:
             for g in hits:
                 self.fixed[g] = len(self.groups[g][1]) - kept_channels(len(self.groups[g][1]), ratio, self.round_to)
         # stock C2f / C2PSA need equal halves: each split block's two groups move together, also when ranked globally
+        # (after self.fixed: a pair is left out by what prune_layers fixed)
         self.pairs = self._split_pairs(prune_layers or {})
         # measured after ranking, on the unpruned model: allocators evaluate candidates on it without re-tracing
         self.flops_cost = FlopsCost(self.model, self.graph, [group for _, _, group, _ in self.groups])
@@ -109,8 +110,9 @@ class ChannelPruner:
         return pairs
 
     def lock(self, removed: list[int]) -> list[int]:
-        """``removed`` with both halves of each split block at the same count: the smaller of the two, or none when one
-        half cannot be pruned (e.g. the half feeding attention), so every block folds back to Ultralytics' class."""
+        """``removed`` with both halves of each paired split block at the same count: the smaller of the two, or none
+        when one half cannot be pruned (e.g. the half feeding attention), so those blocks fold back to Ultralytics'
+        classes (blocks :meth:`_split_pairs` leaves out may differ)."""
         out = list(removed)
         for pair in self.pairs:
             n = 0 if None in pair else min(out[g] for g in pair)

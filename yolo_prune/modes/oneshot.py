@@ -187,7 +187,8 @@ def _log(summary: dict, weights: Path, elapsed: float) -> None:
         LOGGER.warning(
             f"yolo-prune: {weights} needs yolo-prune installed to load: blocks "
             f"{', '.join(summary['needs_yolo_prune'])} have halves of different widths (prune_layers on one half, "
-            f"or inherited from the source checkpoint), which Ultralytics' own classes cannot hold"
+            f"or on an attention block, or inherited from the source checkpoint), which Ultralytics' own classes "
+            f"cannot hold"
         )
     LOGGER.info(f"Pruned in {elapsed:.1f}s (peak RSS {summary['peak_rss_mb']:.0f} MB) -> {weights}")
 

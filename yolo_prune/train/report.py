@@ -56,8 +56,8 @@ def warn_needs_plugin(trainer) -> None:
     if needs:
         LOGGER.warning(
             f"yolo-prune: {trainer.best.name} and {trainer.last.name} need yolo-prune installed to load: blocks "
-            f"{', '.join(needs)} have halves of different widths (prune_layers on one half, or inherited from the "
-            "starting checkpoint)"
+            f"{', '.join(needs)} have halves of different widths (prune_layers on one half or on an "
+            "attention block, or inherited from the starting checkpoint)"
         )
 
 
