@@ -55,8 +55,7 @@ def test_trap1_split_blocks_replace_chunk_exactly(cfg):
     assert eval_out(model).shape == ref.shape
     pruner = ChannelPruner(prepare_model(model))
     split = model.get_submodule(name)
-    owner = {dep.target.module: g for g, (_, _, group, _) in reversed(list(enumerate(pruner.groups)))
-             for dep, _ in group if pruner.graph.is_out_channel_pruning_fn(dep.handler)}  # fmt: skip
+    owner = pruner.owners()
     g0, g1 = owner[split.cv0.conv], owner[split.cv1.conv]  # the groups owning the block's cv0 and cv1 channels
     assert pruner.groups[g0][0] == f"{name}.cv0.conv" and match_layer(pruner.groups[g1][0], name)
     assert not any(g in pair for pair in pruner.pairs for g in (g0, g1))  # halves differ: not locked together

@@ -25,6 +25,14 @@ from .graph import match_layer
 from .plan import kept_channels
 
 
+def movable_units(pruner) -> list[tuple[int, ...]]:
+    """What an allocator may move, one rounding unit at a time: each unpaired group alone, and both halves of a split
+    block together (a pair with an unprunable half, or with a fixed ``layer_ratios`` half, never moves)."""
+    paired = {g for pair in pruner.pairs for g in pair}
+    units = [(g,) for g in range(len(pruner.groups)) if g not in pruner.fixed and g not in paired]
+    return units + [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
+
+
 def removed_uniform(pruner, ratio: float) -> list[int]:
     """Channels to remove per group at one per-layer channel ``ratio`` (fixed ratios kept, split halves locked)."""
     return pruner.lock(
@@ -54,9 +62,7 @@ def removed_for_cost(pruner, cost: CostModel, fraction: float, at_most: bool = F
     removed = removed_uniform(pruner, lo)
     sizes = [len(order) for _, order, *_ in pruner.groups]
     current = frac(removed)
-    paired = {g for pair in pruner.pairs for g in pair}
-    units = [(g,) for g in range(len(sizes)) if g not in pruner.fixed and g not in paired]
-    units += [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
+    units = movable_units(pruner)
     while current > fraction:
         room = [u for u in units if all(sizes[g] - removed[g] - pruner.round_to >= pruner.round_to for g in u)]
         if not room:
@@ -90,9 +96,7 @@ def removed_global(
     sizes = [len(order) for _, order, *_ in pruner.groups]
     removed = [pruner.fixed.get(g, 0) for g in range(len(sizes))]
     r = pruner.round_to
-    paired = {g for pair in pruner.pairs for g in pair}
-    units = [(g,) for g in range(len(sizes)) if g not in pruner.fixed and g not in paired]
-    units += [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
+    units = movable_units(pruner)
 
     def next_level(g: int) -> int | None:
         """Removed count after group g's next unit, keeping the kept count a multiple of round_to."""
@@ -257,9 +261,7 @@ def removed_for_latency(
     sizes = [len(order) for _, order, *_ in pruner.groups]
     totals = [max(sum(scores), 1e-12) for *_, scores in pruner.groups]
     removed = [pruner.fixed.get(g, 0) for g in range(len(sizes))]
-    paired = {g for pair in pruner.pairs for g in pair}
-    moves = [(g,) for g in range(len(sizes)) if g not in pruner.fixed and g not in paired]
-    moves += [p for p in pruner.pairs if None not in p and not any(g in pruner.fixed for g in p)]
+    moves = movable_units(pruner)
     floor = [max(r, int(np.ceil((1 - max_ratio) * s / r)) * r) if s > r else s for s in sizes]
     current = cost.estimate(removed)
     while current > target_ms:

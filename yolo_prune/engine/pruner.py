@@ -89,11 +89,7 @@ class ChannelPruner:
         drop the ratio asked for); a block whose halves already differ (a folded checkpoint, re-split: equal removals
         cannot make it Ultralytics' class again, and each half keeps its own rounding).
         """
-        owner: dict[nn.Module, int] = {}
-        for g, (_, _, group, _) in enumerate(self.groups):
-            for dep, _ in group:
-                if self.graph.is_out_channel_pruning_fn(dep.handler):
-                    owner.setdefault(dep.target.module, g)
+        owner = self.owners()
         pairs = []
         for name, block in self.model.named_modules():
             if not isinstance(block, (C2fSplit, C2PSASplit)):
@@ -108,6 +104,15 @@ class ChannelPruner:
                 continue
             pairs.append(pair)
         return pairs
+
+    def owners(self) -> dict[nn.Module, int]:
+        """Module -> the index of the first group that prunes its output channels."""
+        owner: dict[nn.Module, int] = {}
+        for g, (_, _, group, _) in enumerate(self.groups):
+            for dep, _ in group:
+                if self.graph.is_out_channel_pruning_fn(dep.handler):
+                    owner.setdefault(dep.target.module, g)
+        return owner
 
     def lock(self, removed: list[int]) -> list[int]:
         """``removed`` with both halves of each paired split block at the same count: the smaller of the two, or none
