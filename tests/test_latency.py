@@ -58,6 +58,25 @@ def test_widths_are_the_prune_round_grid():
     assert widths(8, 16) == [8]
 
 
+def test_one_thread_is_timed_on_cpu_time_so_other_processes_load_is_left_out():
+    """A call that waits off the CPU for 20 ms (as a model does while other processes hold the core) costs nothing
+    on the clock one-thread CPU timings read, and its 20 ms on the wall clock several threads are timed on."""
+    import time
+
+    from yolo_prune.engine.runtime import clock, time_interleaved
+
+    def busy_then_wait():
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.002:  # 2 ms of work
+            pass
+        time.sleep(0.02)
+
+    cpu = time_interleaved({"m": busy_then_wait}, runs=5, warmup=1, timer=clock("cpu", 1))["m"]["median_ms"]
+    wall = time_interleaved({"m": busy_then_wait}, runs=5, warmup=1, timer=clock("cpu", 2))["m"]["median_ms"]
+    assert 1.9 < cpu < 8 and wall > 21
+    assert clock("0", 1) is time.perf_counter  # a GPU: wall time (CPU time would miss the device's work)
+
+
 def test_table_is_built_cached_and_reused(cold_cache):
     cache = cold_cache
     m = model()

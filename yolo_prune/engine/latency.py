@@ -42,8 +42,8 @@ from .runtime import Runtime, measure_models, model_runners
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
 LOAD_CLAMP = 3.0  # the load scale is kept within 1/3-3x
-TABLE_VERSION = 2  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
-# ExecuTorch pool always sized (tables of 1 are re-timed)
+TABLE_VERSION = 3  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
+# ExecuTorch pool always sized (tables of 1 are re-timed); 3: CPU time at one thread (runtime.clock)
 
 
 def latency_cache_dir() -> Path:
@@ -322,6 +322,8 @@ def latency_line(info: dict) -> str:
     line = f"yolo-prune: {info['runtime']} latency at imgsz {info['imgsz']}"
     if info.get("threads"):
         line += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+    if info.get("clock") == "process_time":
+        line += " (CPU time)"
     if "measured_ms" in info:
         mb, mp = info["measured_ms"]
         line += f": measured {mb:.2f} -> {mp:.2f} ms ({info['measured_speedup']:.2f}x"

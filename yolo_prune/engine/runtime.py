@@ -63,16 +63,35 @@ def check_runtime(name: str, device: str | None = None) -> str:
     return device
 
 
-# --- timing ----------------------------------------------------------------------------------------------------------
-def _median_ms(fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25) -> float:
-    """Median of up to ``runs`` timed calls after ``warmup``, stopping early once ``budget_s`` is spent."""
+# --- timing ---------------------------------------------------------------------------------------------------------
+def clock(device: str = "cpu", threads: int | None = None) -> Callable[[], float]:
+    """The clock a latency is read on: the process's CPU time where one thread runs the model on the CPU, else wall
+    time.
+
+    At one thread every runtime timed here (ONNX Runtime, OpenVINO, PyTorch, NCNN, LiteRT, ExecuTorch, MNN) computes
+    on the calling thread, so on an idle machine its CPU time is its wall time (within 0.3% for each, a 64-channel
+    conv at 48 px), while on a shared one it leaves out the time other processes held the core: with four busy
+    processes on 2 cores a yolo11n at 192 px read 9.0 ms of wall time and 5.0 of CPU time (4.7 idle). Wall time
+    there made the whole model look slower than its convs timed alone (short calls fit between the other
+    processes), so a table's fixed cost tripled and reachable ``prune_latency`` targets were refused. With several
+    threads their CPU times add up, so wall time is the latency; the load it carries is what interleaving evens out.
+    """
+    return time.process_time if device == "cpu" and threads == 1 else time.perf_counter
+
+
+def _median_ms(
+    fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25,
+    timer: Callable[[], float] = time.perf_counter,
+) -> float:  # fmt: skip
+    """Median of up to ``runs`` calls timed on ``timer`` (:func:`clock`) after ``warmup``, stopping early once
+    ``budget_s`` of wall time is spent."""
     for _ in range(warmup):
         fn()
     t, start = [], time.perf_counter()
     while len(t) < runs and (len(t) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
+        t0 = timer()
         fn()
-        t.append((time.perf_counter() - t0) * 1000)
+        t.append((timer() - t0) * 1000)
     return float(np.median(t))
 
 
@@ -110,7 +129,9 @@ def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Call
     return run
 
 
-def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, dict[str, float]]:
+def time_interleaved(
+    fns: dict[str, Any], runs: int, warmup: int = 10, timer: Callable[[], float] = time.perf_counter
+) -> dict[str, dict[str, float]]:
     """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...), so a load change on a
     shared machine slows every model alike instead of skewing their ratio.
 
@@ -118,6 +139,7 @@ def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[s
         fns: Name -> a callable running one inference.
         runs: Timed calls of each.
         warmup: Untimed calls of each first.
+        timer: The clock (:func:`clock`: CPU time at one thread on the CPU, else wall time).
 
     Returns:
         Name -> ``{"median_ms": ..., "p90_ms": ...}``.
@@ -128,9 +150,9 @@ def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10) -> dict[s
     t: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = timer()
             fn()
-            t[k].append((time.perf_counter() - t0) * 1000)
+            t[k].append((timer() - t0) * 1000)
     return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in t.items()}
 
 
@@ -202,5 +224,5 @@ def measure_models(
     """
     runners = model_runners(models, rt, runners)
     fns = {k: runners[k] for k in models}
-    return {k: v["median_ms"] for k, v in time_interleaved(fns, runs).items()}
+    return {k: v["median_ms"] for k, v in time_interleaved(fns, runs, timer=clock(rt.device, rt.threads)).items()}
 

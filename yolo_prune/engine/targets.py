@@ -24,7 +24,7 @@ from .importance import GRADIENT_METHODS, accumulate_gradients
 from .latency import LatencyTable, build_table
 from .plan import PrunePlan, apply_plan, check_forward
 from .pruner import ChannelPruner
-from .runtime import Runtime, measure_models
+from .runtime import Runtime, clock, measure_models
 
 ROUND = KEYS["prune_round"].default
 
@@ -248,8 +248,8 @@ def plan_for_latency(
         )
     plan = pruner.plan_removed(removed)
     info = {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,
-            "table": str(table.path), "table_shapes_timed": table.timed, "fixed_ms": round(table.fixed_ms, 3),
-            "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
+            "clock": clock(rt.device, rt.threads).__name__, "table": str(table.path), "table_shapes_timed": table.timed,
+            "fixed_ms": round(table.fixed_ms, 3), "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
     if not measure:
         return plan, info
     ref = (reference, base_ms) if reference is not None and base_ms else (model, cost.base)
