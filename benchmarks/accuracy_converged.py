@@ -284,7 +284,7 @@ def remeasure(work: Path, families: list[str], p: dict) -> None:
             files[f] = YOLO(str(best)).export(format="onnx", imgsz=p["imgsz"], simplify=True)
     for fam in families:  # the base too, as the reference point of the chart
         files[fam] = YOLO(str(work / f"{fam}_base" / "weights" / "best.pt")).export(format="onnx", imgsz=p["imgsz"])
-    ms = time_interleaved({k: exported_runner(v, "onnx", 1) for k, v in files.items()}, p["runs"])
+    ms = time_interleaved({k: exported_runner(v, "onnx", 1) for k, v in files.items()}, p["runs"], cpu=True)
     for k, v in ms.items():
         if isinstance(k, Path):
             r = json.loads(k.read_text())

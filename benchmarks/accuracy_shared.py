@@ -45,11 +45,11 @@ def onnx_latency(weights: Path, imgsz: int, runs: int, threads: int | None = Non
     import torch
     from ultralytics import YOLO
 
-    from yolo_prune.engine.runtime import exported_runner, time_interleaved
+    from yolo_prune.engine.runtime import cpu_timed, exported_runner, time_interleaved
 
     f = YOLO(str(weights)).export(format="onnx", imgsz=imgsz, simplify=True)
     fn = exported_runner(f, "onnx", threads or torch.get_num_threads(), imgsz)
-    return round(time_interleaved({"x": fn}, runs)["x"]["median_ms"], 2)
+    return round(time_interleaved({"x": fn}, runs, cpu=cpu_timed("cpu", threads))["x"]["median_ms"], 2)
 
 
 def evaluate(weights: Path, p: dict, device: str) -> dict:

@@ -72,7 +72,7 @@ def n_target(bases: Path, family: str) -> dict:
 
     w = {s: bases / f"{family}{s}_base" / "weights" / "best.pt" for s in ("n", "s")}
     files = {s: YOLO(str(f)).export(format="onnx", imgsz=sz, simplify=True) for s, f in w.items()}
-    reps = [time_interleaved({s: exported_runner(f, "onnx", 1, sz) for s, f in files.items()}, P["runs"])
+    reps = [time_interleaved({s: exported_runner(f, "onnx", 1, sz) for s, f in files.items()}, P["runs"], cpu=True)
             for _ in range(3)]  # fmt: skip
     ratio = statistics.median(r["n"]["median_ms"] / r["s"]["median_ms"] for r in reps)
     g = {s: model_info(YOLO(str(f)).model, 640)["gflops"] for s, f in w.items()}
@@ -194,7 +194,7 @@ def remeasure(work: Path, families: list[str]) -> None:
             best = f.parent / "weights" / "best.pt"
             files[f] = YOLO(str(best)).export(format="onnx", imgsz=LAT["imgsz"], simplify=True)
     runners = {k: exported_runner(v, "onnx", 1, LAT["imgsz"]) for k, v in files.items()}
-    reps = [time_interleaved(runners, P["runs"]) for _ in range(3)]  # one pass can be off on a shared machine
+    reps = [time_interleaved(runners, P["runs"], cpu=True) for _ in range(3)]  # one pass can be off on a shared machine
     for k in files:
         r = json.loads(k.read_text())
         r.update({ms_key(): round(statistics.median(m[k]["median_ms"] for m in reps), 3),

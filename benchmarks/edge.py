@@ -52,7 +52,7 @@ def independent(base_file: str, pruned_file: str, fmt: str, imgsz: int, runs: in
     from yolo_prune.engine.runtime import exported_runner, time_interleaved
 
     fns = {"base": exported_runner(base_file, fmt, 1, imgsz), "pruned": exported_runner(pruned_file, fmt, 1, imgsz)}
-    reps = [time_interleaved(fns, runs) for _ in range(REPEATS)]
+    reps = [time_interleaved(fns, runs, cpu=True) for _ in range(REPEATS)]  # 1 thread: thread CPU time
     speedups = [r["base"]["median_ms"] / r["pruned"]["median_ms"] for r in reps]
     mid = reps[int(np.argsort(speedups)[len(speedups) // 2])]
     return {"base_ms": round(mid["base"]["median_ms"], 2), "pruned_ms": round(mid["pruned"]["median_ms"], 2),

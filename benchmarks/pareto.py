@@ -89,7 +89,7 @@ def time_here(runs: list[dict], bases: Path, runs_per_pass: int = 100) -> dict[s
         fns |= {r["name"]: runner(Path(r["dir"]) / "weights" / "best.pt") for r in group}
         torch.set_flush_denormal(True)
         try:
-            passes = [time_interleaved(fns, runs_per_pass) for _ in range(3)]
+            passes = [time_interleaved(fns, runs_per_pass, cpu=True) for _ in range(3)]
         finally:
             torch.set_flush_denormal(False)
         for r in group:

@@ -133,7 +133,8 @@ def test_benchmark_times_edge_formats(pruned, tmp_path):
         assert res["summary"][f"{fmt}_speedup"] > 0 and res["rows"]["pruned"][f"{fmt}_parity"] <= 1e-3
     names = sorted(p.name for p in (tmp_path / "b" / "pruned").iterdir())
     assert all(any(n.endswith(end) for n in names) for end in ("_ncnn_model", ".mnn", "_executorch_model")), names
-    assert res["threads"] == 1
+    assert res["threads"] == 1 and "(thread CPU time" in r.stdout + r.stderr  # 1 thread: each row on that clock
+    assert all(res["rows"][k][f"{fmt}_latency"]["clock"] == "cpu" for k in ("base", "pruned") for fmt in ("ncnn", "mnn", "executorch"))
 
 
 def test_prune_latency_on_ncnn(tmp_path, monkeypatch):
@@ -143,7 +144,7 @@ def test_prune_latency_on_ncnn(tmp_path, monkeypatch):
                 "imgsz=160", f"project={tmp_path}", "name=l")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     lat = json.loads((tmp_path / "l" / "prune_summary.json").read_text())["latency"]
-    assert lat["runtime"] == "ncnn" and lat["threads"] == 1 and lat["table_shapes_timed"] > 50
+    assert lat["runtime"] == "ncnn" and lat["threads"] == 1 and lat["table_shapes_timed"] > 50 and lat["clock"] == "cpu"
     (pb, pp), (mb, mp) = lat["predicted_ms"], lat["measured_ms"]
     assert pp < pb and mp < mb and len(lat["measured_speedups"]) in (1, 3)  # one timing, or three when doubtful
     assert abs(1 / lat["measured_speedup"] - 0.85) <= 0.05, lat  # landed near the target (tolerance 0.02, noise)

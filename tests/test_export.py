@@ -144,7 +144,8 @@ def test_benchmark_cli_writes_table_csv_json_png(tmp_path):
     res = json.loads((out / "benchmark.json").read_text())
     assert res["summary"]["gflops_ratio"] > 1.8
     for fmt in ("onnx", "openvino"):
-        assert res["rows"]["pruned"][f"{fmt}_latency"]["median_ms"] > 0
+        lat = res["rows"]["pruned"][f"{fmt}_latency"]
+        assert lat["median_ms"] > 0 and lat["clock"] == ("cpu" if res["threads"] == 1 else "wall")
         assert res["summary"][f"{fmt}_speedup"] > 0 and f"{fmt} ms" in (r.stdout + r.stderr)
         assert 0 <= res["rows"]["pruned"][f"{fmt}_map50_95"] <= 1
         assert f"{fmt} mAP50-95" in (out / "benchmark.csv").read_text()

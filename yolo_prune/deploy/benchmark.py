@@ -28,7 +28,7 @@ from ..checkpoint import atomic_write_bytes, load_model
 from ..engine.heads import class_count
 from ..engine.pruner import model_info
 from ..engine.backends import check_backend
-from ..engine.runtime import clock, exported_runner, time_interleaved
+from ..engine.runtime import cpu_timed, exported_runner, time_interleaved
 from .export import export
 
 def torch_cuda_runner(weights: str, imgsz: int, device: str):
@@ -212,8 +212,8 @@ def _measure(rows: dict, formats, imgsz: int, runs: int, device: str, threads: i
             fns = {k: torch_cuda_runner(rows[k]["model"], imgsz, device) for k in rows}
         else:
             fns = {k: exported_runner(rows[k][f"{fmt}_file"], fmt, threads, imgsz) for k in rows}
-        timer = clock(device if fmt == "torch-cuda" else "cpu", threads)
-        for k, lat in time_interleaved(fns, runs, timer=timer).items():
+        cpu = cpu_timed(device if fmt == "torch-cuda" else "cpu", threads)  # each row's latency names its clock
+        for k, lat in time_interleaved(fns, runs, cpu=cpu).items():
             rows[k][f"{fmt}_latency"] = lat
     b, p = rows["base"], rows["pruned"]
     gflops_ratio = b["gflops"] / p["gflops"]
@@ -227,7 +227,6 @@ def _measure(rows: dict, formats, imgsz: int, runs: int, device: str, threads: i
         "runs": runs,
         "batch": 1,
         "threads": threads,
-        "clock": clock("cpu", threads).__name__,  # process_time (CPU time) at one thread on the CPU, else perf_counter
         "device": device,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "rows": rows,
@@ -259,6 +258,12 @@ def _table_rows(result: dict, formats) -> list[list[str]]:
     return out
 
 
+def _cpu_clock(result: dict, formats) -> bool:
+    """Whether every CPU runtime's row was read as thread CPU time (a GPU row is always wall time)."""
+    lat = [r[f"{f}_latency"] for r in result["rows"].values() for f in formats if f != "torch-cuda"]
+    return bool(lat) and all(v.get("clock") == "cpu" for v in lat)
+
+
 def format_table(result: dict, formats) -> str:
     """The side-by-side table as text, with the measurement conditions."""
     rows = _table_rows(result, formats)
@@ -267,7 +272,7 @@ def format_table(result: dict, formats) -> str:
     lines.append(
         f"batch 1, imgsz {result['imgsz']}, {result['runs']} runs each after 10 warm-up, base and pruned "
         f"interleaved, {result['threads']} thread{'s' if result['threads'] != 1 else ''}"
-        + (" (CPU time: other processes' load left out)" if result.get("clock") == "process_time" else "")
+        + (" (thread CPU time: the time other processes held the core left out)" if _cpu_clock(result, formats) else "")
         + f", {result['machine']}"
     )
     return "\n".join(lines)

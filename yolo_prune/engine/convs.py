@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .backends import mnn_module, ncnn_net, no_runtime_installs, reset_executorch_threads, runtime_options
-from .runtime import Runtime, _median_ms, clock, onnx_runner, torch_runner
+from .runtime import Runtime, _median_ms, cpu_timed, onnx_runner, torch_runner
 
 CHUNK = 32  # convs per ExecuTorch program (lowering one costs seconds)
 TINY = (1, 1, 1, 1, 0, 1, 1, 1, 1, False, 1)  # a conv with next to no work: what one runtime call costs
@@ -264,7 +264,7 @@ def time_convs(sigs: Iterable[tuple], rt: Runtime) -> Iterator[tuple[tuple, floa
             for i in range(0, len(sigs), CHUNK):
                 runners = _executorch_runners(sigs[i : i + CHUNK], rt, folder)
                 for sig in sigs[i : i + CHUNK]:
-                    yield sig, _median_ms(runners[sig], timer=clock(rt.device, rt.threads))
+                    yield sig, _median_ms(runners[sig], cpu=cpu_timed(rt.device, rt.threads))
             return
         for sig in sigs:
             if rt.name == "torch":
@@ -277,7 +277,7 @@ def time_convs(sigs: Iterable[tuple], rt: Runtime) -> Iterator[tuple[tuple, floa
                 fn = _litert_runner(sig, rt)
             else:
                 fn = onnx_runner(_conv_onnx(sig), rt)
-            yield sig, _median_ms(fn, timer=clock(rt.device, rt.threads))
+            yield sig, _median_ms(fn, cpu=cpu_timed(rt.device, rt.threads))
 
 
 def time_conv(sig: tuple, rt: Runtime) -> float:
@@ -289,9 +289,9 @@ def call_overhead_ms(rt: Runtime) -> float:
     """Milliseconds one runtime call costs with next to no work (an Identity on 16 values; on NCNN, LiteRT,
     ExecuTorch and MNN a 1x1 conv of one value): timed alone, every conv carries it once, while the whole model pays
     it once in total, so it is taken off each conv's time."""
-    timer = clock(rt.device, rt.threads)
+    cpu = cpu_timed(rt.device, rt.threads)
     if rt.name == "torch":
-        return _median_ms(torch_runner(nn.Identity(), (1, 16), rt), runs=50, timer=timer)
+        return _median_ms(torch_runner(nn.Identity(), (1, 16), rt), runs=50, cpu=cpu)
     if rt.name not in ("onnxruntime", "openvino"):
         return time_conv(TINY, rt)
     from onnx import TensorProto, helper
@@ -303,4 +303,4 @@ def call_overhead_ms(rt: Runtime) -> float:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    return _median_ms(onnx_runner(model, rt), runs=50, timer=timer)
+    return _median_ms(onnx_runner(model, rt), runs=50, cpu=cpu)

@@ -37,13 +37,13 @@ from ..support import require
 from .blocks import C2fSplit, C2PSASplit
 from .backends import BACKENDS
 from .convs import call_overhead_ms, time_conv, time_convs
-from .runtime import Runtime, measure_models, model_runners
+from .runtime import Runtime, cpu_timed, measure_models, model_runners
 
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
 LOAD_CLAMP = 3.0  # the load scale is kept within 1/3-3x
 TABLE_VERSION = 3  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
-# ExecuTorch pool always sized (tables of 1 are re-timed); 3: CPU time at one thread (runtime.clock)
+# ExecuTorch pool always sized (tables of 1 are re-timed); 3: thread CPU time at one thread (runtime.cpu_timed)
 
 
 def latency_cache_dir() -> Path:
@@ -219,10 +219,11 @@ class LatencyTable:
             times = {json.dumps(list(k)): v for k, v in self.times.items()}
             data.update(times=times, fixed_ms=self.fixed_ms, full_ms=self.full_ms, scale=self.scale)  # times: cached basis
             atomic_write_bytes(self.path, json.dumps(data).encode())
+        clock = "thread CPU time; " if cpu_timed(self.rt.device, self.rt.threads) else ""
         LOGGER.info(
             f"yolo-prune: latency table of {len(self.units)} convs ({self.timed} shapes timed, "
             f"{len(self.needed()) - self.timed} from {latency_cache_dir()}) in {time.perf_counter() - t0:.1f}s: model "
-            f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms (call overhead "
+            f"{self.full_ms:.2f} ms, convs {convs:.2f} ms, fixed {self.fixed_ms:.2f} ms ({clock}call overhead "
             f"{self.overhead_ms * 1000:.0f} us taken off each conv"
             + (f"; conv times x{self.scale:.2f} for the load of the model's timing, from {self.load_sampled} convs "
                "re-timed)" if self.load_sampled else
@@ -322,8 +323,8 @@ def latency_line(info: dict) -> str:
     line = f"yolo-prune: {info['runtime']} latency at imgsz {info['imgsz']}"
     if info.get("threads"):
         line += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
-    if info.get("clock") == "process_time":
-        line += " (CPU time)"
+    if info.get("clock") == "cpu":
+        line += " (thread CPU time)"
     if "measured_ms" in info:
         mb, mp = info["measured_ms"]
         line += f": measured {mb:.2f} -> {mp:.2f} ms ({info['measured_speedup']:.2f}x"

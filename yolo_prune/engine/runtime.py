@@ -9,6 +9,8 @@ every speed-up yolo-prune reports is measured (the latency table, the closed loo
 from __future__ import annotations
 
 import copy
+import functools
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -64,35 +66,59 @@ def check_runtime(name: str, device: str | None = None) -> str:
 
 
 # --- timing ---------------------------------------------------------------------------------------------------------
-def clock(device: str = "cpu", threads: int | None = None) -> Callable[[], float]:
-    """The clock a latency is read on: the process's CPU time where one thread runs the model on the CPU, else wall
-    time.
+def cpu_timed(device: str = "cpu", threads: int | None = None) -> bool:
+    """Whether a latency is read as the calling thread's CPU time rather than on the wall clock: one thread on the
+    CPU (not on Windows, whose CPU clocks step every 15.6 ms).
 
     At one thread every runtime timed here (ONNX Runtime, OpenVINO, PyTorch, NCNN, LiteRT, ExecuTorch, MNN) computes
     on the calling thread, so on an idle machine its CPU time is its wall time (within 0.3% for each, a 64-channel
     conv at 48 px), while on a shared one it leaves out the time other processes held the core: with four busy
     processes on 2 cores a yolo11n at 192 px read 9.0 ms of wall time and 5.0 of CPU time (4.7 idle). Wall time
     there made the whole model look slower than its convs timed alone (short calls fit between the other
-    processes), so a table's fixed cost tripled and reachable ``prune_latency`` targets were refused. With several
-    threads their CPU times add up, so wall time is the latency; the load it carries is what interleaving evens out.
+    processes), so a table's fixed cost tripled and reachable ``prune_latency`` targets were refused. The thread's
+    clock, not the process's, so other threads of the process (a trainer's, OpenMP workers still spinning) do not
+    count. With several threads the latency is the wall time; the load it carries is what interleaving evens out.
     """
-    return time.process_time if device == "cpu" and threads == 1 else time.perf_counter
+    return device == "cpu" and threads == 1 and sys.platform != "win32"
+
+
+OFF_THREAD = 0.2  # thread CPU time under this share of the wall time: the runner computes on another thread
+
+
+def _clocked(times: list[tuple[float, float]], cpu: bool) -> tuple[list[float], str]:
+    """The ms a runner's calls took, from (thread CPU, wall) pairs, and the clock read: CPU time where ``cpu``, unless
+    the calls ran elsewhere (their thread was idle), where the wall clock is the only one that saw them."""
+    if cpu and np.median([c for c, _ in times]) >= OFF_THREAD * np.median([w for _, w in times]):
+        return [c for c, _ in times], "cpu"
+    if cpu:
+        _warn_off_thread()
+    return [w for _, w in times], "wall"
+
+
+@functools.cache
+def _warn_off_thread() -> None:  # once a process: a table has hundreds of runners
+    LOGGER.warning("yolo-prune: a runtime computed off the calling thread at 1 thread; it is timed on the wall clock")
+
+
+def _call(fn: Callable[[], Any]) -> tuple[float, float]:
+    """One call of ``fn``: (thread CPU ms, wall ms)."""
+    c0, t0 = time.thread_time(), time.perf_counter()
+    fn()
+    t1, c1 = time.perf_counter(), time.thread_time()
+    return (c1 - c0) * 1000, (t1 - t0) * 1000
 
 
 def _median_ms(
-    fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25,
-    timer: Callable[[], float] = time.perf_counter,
-) -> float:  # fmt: skip
-    """Median of up to ``runs`` calls timed on ``timer`` (:func:`clock`) after ``warmup``, stopping early once
-    ``budget_s`` of wall time is spent."""
+    fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25, cpu: bool = False
+) -> float:
+    """Median ms of up to ``runs`` calls after ``warmup`` (thread CPU time where ``cpu``: :func:`cpu_timed`), stopping
+    early once ``budget_s`` of wall time is spent."""
     for _ in range(warmup):
         fn()
     t, start = [], time.perf_counter()
     while len(t) < runs and (len(t) < 3 or time.perf_counter() - start < budget_s):
-        t0 = timer()
-        fn()
-        t.append((timer() - t0) * 1000)
-    return float(np.median(t))
+        t.append(_call(fn))
+    return float(np.median(_clocked(t, cpu)[0]))
 
 
 def onnx_runner(model: bytes | str, rt: Runtime) -> Callable[[], Any]:
@@ -129,9 +155,7 @@ def torch_runner(module: nn.Module, shape: tuple[int, ...], rt: Runtime) -> Call
     return run
 
 
-def time_interleaved(
-    fns: dict[str, Any], runs: int, warmup: int = 10, timer: Callable[[], float] = time.perf_counter
-) -> dict[str, dict[str, float]]:
+def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10, cpu: bool = False) -> dict[str, dict]:
     """Median and p90 latency in ms of each callable, timed in alternation (a, b, a, b, ...), so a load change on a
     shared machine slows every model alike instead of skewing their ratio.
 
@@ -139,21 +163,24 @@ def time_interleaved(
         fns: Name -> a callable running one inference.
         runs: Timed calls of each.
         warmup: Untimed calls of each first.
-        timer: The clock (:func:`clock`: CPU time at one thread on the CPU, else wall time).
+        cpu: Read the calling thread's CPU time (:func:`cpu_timed`: one thread on the CPU), not the wall clock. The
+            p90 then leaves out the waits a shared machine adds too.
 
     Returns:
-        Name -> ``{"median_ms": ..., "p90_ms": ...}``.
+        Name -> ``{"median_ms": ..., "p90_ms": ..., "clock": "cpu" | "wall"}``.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    t: dict[str, list[float]] = {k: [] for k in fns}
+    t: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(runs):
         for k, fn in fns.items():
-            t0 = timer()
-            fn()
-            t[k].append((timer() - t0) * 1000)
-    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in t.items()}
+            t[k].append(_call(fn))
+    out = {}
+    for k, v in t.items():
+        ms, name = _clocked(v, cpu)
+        out[k] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "clock": name}
+    return out
 
 
 # --- the whole model -------------------------------------------------------------------------------------------------
@@ -224,5 +251,5 @@ def measure_models(
     """
     runners = model_runners(models, rt, runners)
     fns = {k: runners[k] for k in models}
-    return {k: v["median_ms"] for k, v in time_interleaved(fns, runs, timer=clock(rt.device, rt.threads)).items()}
+    return {k: v["median_ms"] for k, v in time_interleaved(fns, runs, cpu=cpu_timed(rt.device, rt.threads)).items()}
 

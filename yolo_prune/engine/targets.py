@@ -24,7 +24,7 @@ from .importance import GRADIENT_METHODS, accumulate_gradients
 from .latency import LatencyTable, build_table
 from .plan import PrunePlan, apply_plan, check_forward
 from .pruner import ChannelPruner
-from .runtime import Runtime, clock, measure_models
+from .runtime import Runtime, cpu_timed, measure_models
 
 ROUND = KEYS["prune_round"].default
 
@@ -247,9 +247,7 @@ def plan_for_latency(
             f"{max(reach, 0):.2f}"
         )
     plan = pruner.plan_removed(removed)
-    info = {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,
-            "clock": clock(rt.device, rt.threads).__name__, "table": str(table.path), "table_shapes_timed": table.timed,
-            "fixed_ms": round(table.fixed_ms, 3), "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
+    info = _latency_info(rt, table, cost, pred)
     if not measure:
         return plan, info
     ref = (reference, base_ms) if reference is not None and base_ms else (model, cost.base)
@@ -268,6 +266,14 @@ def plan_for_latency(
         measured_speedups=[round(1 / r, 3) for r in ratios],  # every timing of the plan kept: the spread
     )
     return plan, info
+
+
+def _latency_info(rt: Runtime, table: LatencyTable, cost: LatencyCost, pred: float) -> dict:
+    """prune_summary.json's ``latency`` before the closed loop: where and on which clock, the table, the prediction."""
+    return {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,
+            "clock": "cpu" if cpu_timed(rt.device, rt.threads) else "wall", "table": str(table.path),
+            "table_shapes_timed": table.timed, "fixed_ms": round(table.fixed_ms, 3),
+            "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
 
 
 def _measured(model, ref: tuple[nn.Module, float], rt: Runtime, pruner: ChannelPruner, plan: PrunePlan,

@@ -17,7 +17,7 @@ from ultralytics.utils import RANK
 from ..cfg import PruneConfig, PruneError
 from ..engine.graph import prepare_model
 from ..engine.latency import LatencyTable, build_table, latency_line
-from ..engine.runtime import Runtime, check_runtime
+from ..engine.runtime import Runtime, check_runtime, cpu_timed
 from ..engine.targets import plan_for_latency
 from .ddp import broadcast_from_rank0
 
@@ -66,11 +66,13 @@ class LatencyRun:
         lat = {"fraction": cfg.prune_latency, "runtime": cfg.prune_runtime, "threads": cfg.prune_threads,
                "imgsz": trainer.args.imgsz}  # fmt: skip
         table = self.build(trainer, model, lat, cfg.prune_round, 0)
-        lat.update(base_ms=round(table.full_ms, 3), table=str(table.path))
+        rt = self.runtime(trainer, lat)
+        clock = "cpu" if cpu_timed(rt.device, rt.threads) else "wall"  # base_ms compares only with a step's on it
+        lat.update(base_ms=round(table.full_ms, 3), table=str(table.path), clock=clock)
         net = prepare_model(copy.deepcopy(model))  # is the target reachable? (the trace costs about a second)
         options = {k: v for k, v in cfg.engine_options.items() if k != "prune_sensitivity"}
         plan_for_latency(  # l2: gradient criteria have no gradients yet (the ranking decides reach only with prune_global)
-            net, lat["fraction"], self.runtime(trainer, lat), "l2", cfg.prune_round, table=table, measure=False,
+            net, lat["fraction"], rt, "l2", cfg.prune_round, table=table, measure=False,
             **options,
         )  # fmt: skip
         self.start_model = net.cpu().eval()  # the last step is timed against it (rank 0 times; model_runner moves it)
@@ -98,6 +100,8 @@ def overall(lat: dict, report: dict) -> str:
     target = f"target {1 / (1 - lat['fraction']):.2f}x"
     if report.get("measured_against") == "start":
         return f"; against the model the run started with, timed together ({target})"
+    if lat.get("clock", "wall") != report.get("clock", "wall"):  # a run started before timings read CPU time
+        return f"; {target} (the start was timed on the {lat.get('clock', 'wall')} clock, so no speed-up since it)"
     return f"; since the start {lat['base_ms']:.2f} -> {report['measured_ms'][1]:.2f} ms " + (
         f"({lat['base_ms'] / report['measured_ms'][1]:.2f}x, {target}; the start timed when the run began)"
     )
