@@ -23,6 +23,12 @@ from pathlib import Path
 
 from results_io import RESULTS, header, save
 
+def cpu_threads(device: str) -> int | None:
+    """1 on the CPU (the suite's check of this script: timed on the thread's CPU time, so a loaded machine cannot
+    make the whole model look slower than its convs), the runtime's own on a GPU."""
+    return 1 if device == "cpu" else None
+
+
 def variants(latency: float) -> tuple[str, ...]:
     return "base", "prune=0.5", f"prune_latency={latency:g}"
 
@@ -44,7 +50,8 @@ def build(model: str, imgsz: int, device: str, latency: float) -> dict:
     lat, keys = copy.deepcopy(base), ("predicted_ms", "measured_ms", "measured_speedup", "measured_speedups",
                                       "table_shapes_timed")  # fmt: skip
     try:  # on a GPU at batch 1 the convs may explain too little of the time to reach the target: a row says so
-        plan = prune_model(lat, prune_latency=latency, imgsz=imgsz, runtime=Runtime("torch", device, None, 1, imgsz))
+        rt = Runtime("torch", device, cpu_threads(device), 1, imgsz)
+        plan = prune_model(lat, prune_latency=latency, imgsz=imgsz, runtime=rt)
         info = {k: plan.latency.get(k) for k in keys}
     except PruneError as e:
         lat, info = None, {"refused": str(e)}
@@ -55,15 +62,16 @@ def build(model: str, imgsz: int, device: str, latency: float) -> dict:
 def time_torch(nets: dict, imgsz: int, batch: int, device: str, runs: int) -> dict:
     """Median ms of each net as PyTorch fp16 on CUDA (fp32 on the CPU), interleaved."""
     from yolo_prune.engine.blocks import fold_model
-    from yolo_prune.engine.runtime import Runtime, time_interleaved, torch_runner
+    from yolo_prune.engine.runtime import Runtime, cpu_timed, time_interleaved, torch_runner
 
-    rt = Runtime("torch", device, None, batch, imgsz)
+    rt = Runtime("torch", device, cpu_threads(device), batch, imgsz)
     fns = {}
     for k, net in nets.items():
         m = copy.deepcopy(net)
         fold_model(m)
         fns[k] = torch_runner(m.fuse(), (batch, 3, imgsz, imgsz), rt)
-    return {k: round(v["median_ms"], 3) for k, v in time_interleaved(fns, runs).items()}
+    ms = time_interleaved(fns, runs, cpu=cpu_timed(rt.device, rt.threads))
+    return {k: round(v["median_ms"], 3) for k, v in ms.items()}
 
 
 def time_tensorrt(nets: dict, imgsz: int, device: str, runs: int, work: Path) -> dict:
