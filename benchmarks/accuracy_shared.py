@@ -48,8 +48,9 @@ def onnx_latency(weights: Path, imgsz: int, runs: int, threads: int | None = Non
     from yolo_prune.engine.runtime import cpu_timed, exported_runner, time_interleaved
 
     f = YOLO(str(weights)).export(format="onnx", imgsz=imgsz, simplify=True)
-    fn = exported_runner(f, "onnx", threads or torch.get_num_threads(), imgsz)
-    return round(time_interleaved({"x": fn}, runs, cpu=cpu_timed("cpu", threads))["x"]["median_ms"], 2)
+    n = threads or torch.get_num_threads()  # the threads it runs with decide the clock, as in yolo-prune benchmark
+    fn = exported_runner(f, "onnx", n, imgsz)
+    return round(time_interleaved({"x": fn}, runs, cpu=cpu_timed("cpu", n))["x"]["median_ms"], 2)
 
 
 def evaluate(weights: Path, p: dict, device: str) -> dict:

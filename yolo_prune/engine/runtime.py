@@ -82,6 +82,11 @@ def cpu_timed(device: str = "cpu", threads: int | None = None) -> bool:
     return device == "cpu" and threads == 1 and sys.platform != "win32"
 
 
+def clock_name(device: str = "cpu", threads: int | None = None) -> str:
+    """``cpu`` or ``wall``: the clock :func:`cpu_timed` picks, as results files name it."""
+    return "cpu" if cpu_timed(device, threads) else "wall"
+
+
 OFF_THREAD = 0.2  # thread CPU time under this share of the wall time: the runner computes on another thread
 
 

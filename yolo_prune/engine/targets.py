@@ -24,7 +24,7 @@ from .importance import GRADIENT_METHODS, accumulate_gradients
 from .latency import LatencyTable, build_table
 from .plan import PrunePlan, apply_plan, check_forward
 from .pruner import ChannelPruner
-from .runtime import Runtime, cpu_timed, measure_models
+from .runtime import Runtime, clock_name, measure_models
 
 ROUND = KEYS["prune_round"].default
 
@@ -271,7 +271,7 @@ def plan_for_latency(
 def _latency_info(rt: Runtime, table: LatencyTable, cost: LatencyCost, pred: float) -> dict:
     """prune_summary.json's ``latency`` before the closed loop: where and on which clock, the table, the prediction."""
     return {"runtime": rt.name, "device": rt.device, "threads": rt.threads, "imgsz": rt.imgsz, "batch": rt.batch,
-            "clock": "cpu" if cpu_timed(rt.device, rt.threads) else "wall", "table": str(table.path),
+            "clock": clock_name(rt.device, rt.threads), "table": str(table.path),
             "table_shapes_timed": table.timed, "fixed_ms": round(table.fixed_ms, 3),
             "predicted_ms": [round(cost.base, 3), round(pred, 3)]}  # fmt: skip
 

@@ -17,7 +17,7 @@ from ultralytics.utils import RANK
 from ..cfg import PruneConfig, PruneError
 from ..engine.graph import prepare_model
 from ..engine.latency import LatencyTable, build_table, latency_line
-from ..engine.runtime import Runtime, check_runtime, cpu_timed
+from ..engine.runtime import Runtime, check_runtime, clock_name
 from ..engine.targets import plan_for_latency
 from .ddp import broadcast_from_rank0
 
@@ -67,8 +67,8 @@ class LatencyRun:
                "imgsz": trainer.args.imgsz}  # fmt: skip
         table = self.build(trainer, model, lat, cfg.prune_round, 0)
         rt = self.runtime(trainer, lat)
-        clock = "cpu" if cpu_timed(rt.device, rt.threads) else "wall"  # base_ms compares only with a step's on it
-        lat.update(base_ms=round(table.full_ms, 3), table=str(table.path), clock=clock)
+        # base_ms compares only with a step timed on the same clock
+        lat.update(base_ms=round(table.full_ms, 3), table=str(table.path), clock=clock_name(rt.device, rt.threads))
         net = prepare_model(copy.deepcopy(model))  # is the target reachable? (the trace costs about a second)
         options = {k: v for k, v in cfg.engine_options.items() if k != "prune_sensitivity"}
         plan_for_latency(  # l2: gradient criteria have no gradients yet (the ranking decides reach only with prune_global)
