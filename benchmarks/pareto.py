@@ -69,12 +69,12 @@ def time_here(runs: list[dict], bases: Path, runs_per_pass: int = 100) -> dict[s
     """Run name -> its latency over its base's: best.pt exported to ONNX at 640 and timed interleaved with the base at
     1 thread, the median of 3 passes' ratios (a pass is one load; the ratio within it is what holds).
 
-    Denormal floats are flushed to zero while timing: two yolo26n runs of one pruned architecture (the same ONNX graph,
+    Denormal floats are flushed to zero while timing (``time_interleaved`` does it, as all of yolo-prune's timing
+    does): two yolo26n runs of one pruned architecture (the same ONNX graph,
     other weights) timed 0.66-0.69 and 0.85-0.90 of the base on the random input without it, both 0.68-0.76 with it
     (``benchmarks/results/denormals.md``). At 1 thread ONNX Runtime computes on the calling thread, which its
     ``session.set_denormal_as_zero`` does not reach (that made no difference here); torch's flag sets that thread's.
     """
-    import torch
     from ultralytics import YOLO
 
     from yolo_prune.engine.runtime import exported_runner, time_interleaved
@@ -87,11 +87,7 @@ def time_here(runs: list[dict], bases: Path, runs_per_pass: int = 100) -> dict[s
         group = [r for r in runs if (r["family"], r["scale"]) == (fam, scale)]
         fns = {"base": runner(bases / f"{fam}{scale}_base" / "weights" / "best.pt")}
         fns |= {r["name"]: runner(Path(r["dir"]) / "weights" / "best.pt") for r in group}
-        torch.set_flush_denormal(True)
-        try:
-            passes = [time_interleaved(fns, runs_per_pass, cpu=True) for _ in range(3)]
-        finally:
-            torch.set_flush_denormal(False)
+        passes = [time_interleaved(fns, runs_per_pass, cpu=True) for _ in range(3)]  # denormals flushed
         for r in group:
             out[r["name"]] = statistics.median(p[r["name"]]["median_ms"] / p["base"]["median_ms"] for p in passes)
     return out

@@ -167,16 +167,21 @@ class Session:
     shape: list[int | None]
 
 
-def onnx_session(model: bytes | Path, fmt: str, threads: int | None = None, exact: bool = False) -> Session:
+def onnx_session(
+    model: bytes | Path, fmt: str, threads: int | None = None, exact: bool = False, timing: bool = False
+) -> Session:
     """An ONNX model (bytes or file; for ``fmt="openvino"`` also an export folder or .xml) on ONNX Runtime or
     OpenVINO's CPU plugin. ``exact``: OpenVINO in f32 (on CPUs with AVX512-BF16/AMX it runs bf16 by default, max diff
-    ~0.04 on yolo11n: the runtime's choice, not the export's; parity checks what the exported graph computes)."""
+    ~0.04 on yolo11n: the runtime's choice, not the export's; parity checks what the exported graph computes).
+    ``timing``: ONNX Runtime's pool threads flush denormals (see :func:`~yolo_prune.engine.runtime.flushed`)."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        if timing:
+            so.add_session_config_entry("session.set_denormal_as_zero", "1")
         s = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                  providers=["CPUExecutionProvider"])  # fmt: skip
         inp = s.get_inputs()[0]
@@ -242,7 +247,9 @@ def _ultralytics(file: Path, fmt: str, threads: int | None, exact: bool) -> Sess
     return Session(run, [batch, 3, *([None, None] if dynamic else imgsz)])
 
 
-def load_session(exported: str | Path, fmt: str, threads: int | None = None, exact: bool = False) -> Session:
+def load_session(
+    exported: str | Path, fmt: str, threads: int | None = None, exact: bool = False, timing: bool = False
+) -> Session:
     """Load an export (an ONNX file, an OpenVINO / NCNN / ExecuTorch folder, a .tflite or .mnn file) on its runtime.
 
     Args:
@@ -250,6 +257,7 @@ def load_session(exported: str | Path, fmt: str, threads: int | None = None, exa
         fmt: Its export format.
         threads: CPU threads of the runtime (None: the runtime's own default).
         exact: Run at the precision the export holds (OpenVINO would pick bf16 on AMX CPUs); for parity.
+        timing: For timing: ONNX Runtime's pool threads flush denormals, as the calling thread does while timing.
 
     Raises:
         PruneError: The runtime is not installed.
@@ -257,7 +265,7 @@ def load_session(exported: str | Path, fmt: str, threads: int | None = None, exa
     check_backend(fmt)
     file = Path(exported)
     if fmt in ("onnx", "openvino"):
-        return onnx_session(file, fmt, threads, exact)
+        return onnx_session(file, fmt, threads, exact, timing)
     return _ultralytics(file, fmt, threads, exact)
 
 

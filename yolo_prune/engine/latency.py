@@ -42,8 +42,9 @@ from .runtime import Runtime, cpu_timed, measure_models, model_runners
 LOAD_SAMPLE = 6  # convs re-timed when a table comes from the cache, to put it on today's load
 LOAD_MIN_OVERHEADS = 3  # ... each taking at least this many per-call overheads (below, the ratio is the overhead's)
 LOAD_CLAMP = 3.0  # the load scale is kept within 1/3-3x
-TABLE_VERSION = 3  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
-# ExecuTorch pool always sized (tables of 1 are re-timed); 3: thread CPU time at one thread (runtime.cpu_timed)
+TABLE_VERSION = 4  # 2: MNN low precision, LiteRT grouped layout, ONNX input kept, torch CPU threads applied,
+# ExecuTorch pool always sized (tables of 1 are re-timed); 3: thread CPU time at one thread (runtime.cpu_timed);
+# 4: denormals flushed while timing (runtime.flushed)
 
 
 def latency_cache_dir() -> Path:

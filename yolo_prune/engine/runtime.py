@@ -4,6 +4,10 @@ A :class:`Runtime` names the runtime (ONNX Runtime, OpenVINO, PyTorch), its devi
 size. Runners are callables doing one inference; :func:`time_interleaved` times several in alternation, which is how
 every speed-up yolo-prune reports is measured (the latency table, the closed loop of ``prune_latency``, and
 ``yolo-prune benchmark``). Whole models run as deployed: exported by Ultralytics' exporter (:func:`model_runner`).
+
+Timing flushes denormal floats to zero on the calling thread (:func:`flushed`): with them, the same graph with other
+weights timed up to 30% apart on ONNX Runtime at 1 thread (``benchmarks/results/denormals.md``), so a ratio measured
+the weights as much as the architecture.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import functools
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -113,23 +118,36 @@ def _call(fn: Callable[[], Any]) -> tuple[float, float]:
     return (c1 - c0) * 1000, (t1 - t0) * 1000
 
 
+@contextmanager
+def flushed() -> Iterator[None]:
+    """Denormal floats flushed to zero on the calling thread (``torch.set_flush_denormal``: x86 FTZ/DAZ, Arm FZ), where
+    ONNX Runtime and PyTorch compute at 1 thread; ONNX Runtime's pool threads get ``session.set_denormal_as_zero``.
+    Off again on exit (PyTorch's default), so training after a timing computes as before."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def _median_ms(
     fn: Callable[[], Any], warmup: int = 2, runs: int = 15, budget_s: float = 0.25, cpu: bool = False
 ) -> float:
     """Median ms of up to ``runs`` calls after ``warmup`` (thread CPU time where ``cpu``: :func:`cpu_timed`), stopping
     early once ``budget_s`` of wall time is spent."""
-    for _ in range(warmup):
-        fn()
-    t, start = [], time.perf_counter()
-    while len(t) < runs and (len(t) < 3 or time.perf_counter() - start < budget_s):
-        t.append(_call(fn))
+    with flushed():
+        for _ in range(warmup):
+            fn()
+        t, start = [], time.perf_counter()
+        while len(t) < runs and (len(t) < 3 or time.perf_counter() - start < budget_s):
+            t.append(_call(fn))
     return float(np.median(_clocked(t, cpu)[0]))
 
 
 def onnx_runner(model: bytes | str, rt: Runtime) -> Callable[[], Any]:
     """A callable running one inference of an ONNX model (bytes or path) on ``rt`` (ONNX Runtime or OpenVINO), on a
     random input of the graph's shape (``rt.batch`` where the batch is dynamic)."""
-    session = onnx_session(model, RUNTIME_FORMATS[rt.name], rt.threads)
+    session = onnx_session(model, RUNTIME_FORMATS[rt.name], rt.threads, timing=True)
     x = torch.rand(*[d or rt.batch for d in session.shape])
     return lambda: session.run(x)
 
@@ -171,16 +189,19 @@ def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 10, cpu: bool
         cpu: Read the calling thread's CPU time (:func:`cpu_timed`: one thread on the CPU), not the wall clock. The
             p90 then leaves out the waits a shared machine adds too.
 
+    Denormals are flushed while timing (:func:`flushed`).
+
     Returns:
         Name -> ``{"median_ms": ..., "p90_ms": ..., "clock": "cpu" | "wall"}``.
     """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
     t: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t[k].append(_call(fn))
+    with flushed():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(runs):
+            for k, fn in fns.items():
+                t[k].append(_call(fn))
     out = {}
     for k, v in t.items():
         ms, name = _clocked(v, cpu)
@@ -222,7 +243,7 @@ def exported_runner(
         imgsz: Input size where the graph's is dynamic.
         batch: Batch where the graph's is dynamic.
     """
-    session = load_session(exported, fmt, threads)
+    session = load_session(exported, fmt, threads, timing=True)
     b, c, h, w = (list(session.shape) + [None] * 4)[:4]
     x = torch.rand(b or batch, c or 3, h or imgsz, w or imgsz)
     return lambda: session.run(x)
