@@ -71,6 +71,8 @@ CASES = {
     "train: prune_setps": (["train", "model=yolo11n.yaml", "prune_setps=2"], "did you mean 'prune_steps'"),
     "train: prune_metod": (["train", "model=yolo11n.yaml", "prune_metod=l1"], "did you mean 'prune_method'"),
     "train: prune_distil": (["train", "model=yolo11n.yaml", "prune_distil=True"], "did you mean 'prune_distill'"),
+    "train: prune_reg on zeroed weights": (["train", "model=yolo11n.yaml", "prune=0.5", "prune_mode=unstructured",
+                                           "prune_reg=1"], "prune_reg decays whole channel groups"),
     "train: prune_start past the default end": (["train", "model=yolo11n.yaml", "data=shapes-8", "epochs=2",
                                                  "prune=0.5", "prune_start=1"], "the default prune_end"),
 }  # fmt: skip

@@ -243,3 +243,85 @@ def test_prune_model_python_api_with_batches(tiny_data):
     plan = prune_model(m, prune=0.3, prune_method="hessian", batches=calibration_batches(tiny_data, 64, 4, 2, m), imgsz=64)
     assert plan.n_channels > 0 and all(p.grad is None for p in m.parameters())  # gradients are not left behind
 
+
+
+def test_prune_warmup_ramps_the_lr_after_a_step_then_gives_the_schedule_back(tmp_path, tiny_data):
+    from test_trainer import fit, make_trainer
+
+    from yolo_prune.train.hooks import OptimizerHooks
+
+    trainer, _ = make_trainer(tmp_path, tiny_data)
+    trainer.accumulate = 1  # one optimizer step per batch: 2 batches of 4 images per epoch
+    cb = PruneCallbacks(prune=0.5, prune_steps=1, prune_start=1, prune_warmup=2.0)
+    cb.on_pretrain_routine_end(trainer)
+    trainer.epoch = 1
+    cb.on_train_epoch_start(trainer)  # the step, then the ramp on the optimizer it built
+    total = 2 * len(trainer.train_loader)
+    assert cb.state["done"] == 1 and cb.hooks.rewarm.total == total == 4
+    opt = trainer.optimizer
+    scheduled = [g["lr"] for g in opt.param_groups]
+    assert min(scheduled) > 0
+    seen = []  # the LR each optimizer step runs at (this pre-hook runs after the ramp's)
+    opt.register_step_pre_hook(lambda o, a, k: seen.append([g["lr"] for g in o.param_groups]))
+    fit(trainer, trainer.preprocess_batch(next(iter(trainer.train_loader))), total + 1)
+    for k in range(total):
+        assert seen[k] == pytest.approx([lr * (k + 1) / total for lr in scheduled])
+    assert seen[total] == pytest.approx(scheduled)
+    assert [g["lr"] for g in opt.param_groups] == scheduled  # the scheduler never sees the scaling
+    # resumed at the next epoch: the ramp goes on from half way; two epochs after the step, none
+    hooks, trainer.epoch = OptimizerHooks(), 2
+    hooks.sync_rewarm(trainer, cb.state)
+    assert (hooks.rewarm.count, hooks.rewarm.total) == (2, 4)
+    hooks, trainer.epoch = OptimizerHooks(), 3
+    hooks.sync_rewarm(trainer, cb.state)
+    assert hooks.rewarm is None
+
+
+def test_group_regularization_decays_each_channel_of_a_coupled_group_alike():
+    from yolo_prune.engine.sparsity import ALPHA, GroupDecay, group_slices
+
+    m = DetectionModel("yolo11n.yaml", nc=6, verbose=False)  # stock C3k2: cv1 holds both halves
+    groups = group_slices(m)
+    cv1 = m.model[2].cv1.conv.weight
+    rows = [set(s.idx.tolist()) for _, _, sl in groups for s in sl if s.param is cv1 and s.dim == 0]
+    assert len(rows) == 2 and not rows[0] & rows[1] and rows[0] | rows[1] == set(range(cv1.shape[0]))  # two halves
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)  # zero gradients: only the decay moves the weights
+    for group in groups:  # one group at a time: a conv's rows and columns belong to different groups
+        _, n, slices = group
+        norms = [s.squares().sqrt() for s in slices]
+        decay = GroupDecay([group], reg=1.0)
+        decay.attach(opt)
+        opt.step()
+        decay.detach()
+        total = torch.zeros(n)
+        for s, b in zip(slices, norms):
+            total.index_add_(0, s.root, b.pow(2))
+        norm = total.sqrt()
+        gamma = ALPHA ** ((norm.max() - norm) / (norm.max() - norm.min()))
+        for s, b in zip(slices, norms):  # every tensor of channel c shrank by 1 - lr * reg * gamma_c
+            assert torch.allclose(s.squares().sqrt(), b * (1 - 0.01 * gamma[s.root]), rtol=1e-4, atol=1e-7)
+        assert float(gamma.min()) == pytest.approx(1.0) and float(gamma.max()) == pytest.approx(ALPHA)
+
+
+def test_group_regularization_runs_until_the_last_step_on_each_new_optimizer(tmp_path, tiny_data):
+    from test_trainer import fit, make_trainer
+
+    trainer, _ = make_trainer(tmp_path, tiny_data)
+    cb = PruneCallbacks(prune=0.5, prune_steps=2, prune_start=1, prune_end=2, prune_reg=5.0)
+    cb.on_pretrain_routine_end(trainer)
+    norms = []
+    batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    for epoch in range(3):
+        trainer.epoch = epoch
+        cb.on_train_epoch_start(trainer)
+        decay = cb.hooks.decay
+        assert (decay is not None) == (epoch < 2) and (decay is None or decay.optimizer is trainer.optimizer)
+        if decay:
+            w = decay.groups[0][0]
+            before = float(w.norm())
+            fit(trainer, batch, 3)
+            norms.append((before, float(w.norm())))
+    assert cb.state["done"] == 2 and len(norms) == 2
+    assert all(after < before for before, after in norms), norms  # the weights shrank under the decay

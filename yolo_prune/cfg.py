@@ -190,6 +190,10 @@ KEYS: dict[str, Key] = {
     "prune_layers": Key(None, "{layer: ratio} or a yaml file of them", "fixed per-layer channel ratios", layer_ratios),
     "prune_sparsity": Key(0.0, "a number >= 0", "L1 weight on BatchNorm scales while training towards each step",
                           non_negative),
+    "prune_reg": Key(0.0, "a number >= 0", "DepGraph group regularization (torch-pruning's reg): weaker channels of "
+                     "each coupled group decay up to 16x faster while training towards each step", non_negative, TRAIN),
+    "prune_warmup": Key(0.0, "a number >= 0", "epochs of linear LR warmup after each step, from 0 up to the scheduled "
+                        "LR (0: none)", non_negative, TRAIN),
     "prune_mode": Key("structured", " | ".join(PRUNE_MODES), "remove channels, or zero weights in place",
                       choice(PRUNE_MODES)),
     "prune_sensitivity": Key(None, "a sensitivity.csv", "for prune_method=sensitivity: the table of "
@@ -257,6 +261,8 @@ class PruneConfig:
     prune_ignore: tuple = ()
     prune_layers: dict = field(default_factory=dict)
     prune_sparsity: float = 0.0
+    prune_reg: float = 0.0
+    prune_warmup: float = 0.0
     prune_mode: str = "structured"
     prune_sensitivity: str | None = None
     prune_runtime: str = "onnxruntime"
@@ -313,6 +319,9 @@ class PruneConfig:
             raise PruneError(
                 f"prune_latency needs prune_mode=structured (zeros do not run faster); got {self.prune_mode}"
             )
+        if self.prune_reg and self.prune_mode != "structured":
+            raise PruneError(f"prune_reg decays whole channel groups, which prune_mode={self.prune_mode} does not "
+                             "remove; accepted: prune_mode=structured, or leave prune_reg out")  # fmt: skip
         if mode == "prune" and self.target is None and self.prune_ratio is None and not self.prune_layers \
                 and self.prune_mode != "2:4":  # fmt: skip
             raise PruneError(

@@ -260,6 +260,15 @@ def build_graph(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tp.DependencyGrap
         )
 
 
+def prunable_groups(model: nn.Module, graph: tp.DependencyGraph, ignored_layers=(), prune_ignore=()) -> list:
+    """The coupled channel groups of ``graph`` the engine may prune, one per root conv/linear: all but those of the
+    output layers, of ``ignored_layers``, of the layers ``prune_ignore`` names, and of attention (its heads)."""
+    ignored = output_layers(model) + list(ignored_layers) + ignored_modules(model, prune_ignore)
+    ignored += [m for m in model.modules() if isinstance(m, Attention)]
+    with tracing_mode(model):
+        return list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)))
+
+
 def match_layer(name: str, key: int | str) -> bool:
     """Whether module ``name`` is layer ``key`` or inside it: an Ultralytics layer index (``22`` is ``model.22``) or a
     module name (``model.22.cv2``)."""

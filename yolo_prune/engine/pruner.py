@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from ultralytics.nn.modules.block import Attention
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from ..cfg import KEYS, PruneError
 from . import allocate
 from .blocks import C2fSplit, C2PSASplit
 from .costs import FlopsCost
-from .graph import build_graph, ignored_modules, match_layer, output_layers, tracing_mode
+from .graph import build_graph, match_layer, prunable_groups, tracing_mode
 from .importance import get_importance
 from .plan import PrunePlan, kept_channels
 
@@ -56,11 +55,9 @@ class ChannelPruner:
         self.importance = get_importance(prune_method)
         self.graph = build_graph(self.model)
         names = self.graph._module2name
-        ignored = output_layers(self.model) + list(ignored_layers) + ignored_modules(self.model, prune_ignore)
-        ignored += [m for m in self.model.modules() if isinstance(m, Attention)]
         self.groups = []  # (root name, channel ranking ascending, group, scores ascending)
         with tracing_mode(self.model):
-            for group in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+            for group in prunable_groups(self.model, self.graph, ignored_layers, prune_ignore):
                 imp = self.importance(group)
                 if imp is None:
                     continue
