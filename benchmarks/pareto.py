@@ -72,8 +72,8 @@ def time_here(runs: list[dict], bases: Path, runs_per_pass: int = 100) -> dict[s
     Denormal floats are flushed to zero while timing (``time_interleaved`` does it, as all of yolo-prune's timing
     does): two yolo26n runs of one pruned architecture (the same ONNX graph,
     other weights) timed 0.66-0.69 and 0.85-0.90 of the base on the random input without it, both 0.68-0.76 with it
-    (``benchmarks/results/denormals.md``). At 1 thread ONNX Runtime computes on the calling thread, which its
-    ``session.set_denormal_as_zero`` does not reach (that made no difference here); torch's flag sets that thread's.
+    (``benchmarks/results/denormals.md``). At 1 thread ONNX Runtime computes on the calling thread; torch's flag sets
+    that thread's.
     """
     from ultralytics import YOLO
 

@@ -244,11 +244,10 @@ def test_prune_model_python_api_with_batches(tiny_data):
     assert plan.n_channels > 0 and all(p.grad is None for p in m.parameters())  # gradients are not left behind
 
 
-
 def test_prune_warmup_ramps_the_lr_after_a_step_then_gives_the_schedule_back(tmp_path, tiny_data):
     from test_trainer import fit, make_trainer
 
-    from yolo_prune.train.hooks import OptimizerHooks
+    from yolo_prune.train.hooks import OptimizerHooks, rewarm_steps
 
     trainer, _ = make_trainer(tmp_path, tiny_data)
     trainer.accumulate = 1  # one optimizer step per batch: 2 batches of 4 images per epoch
@@ -268,6 +267,8 @@ def test_prune_warmup_ramps_the_lr_after_a_step_then_gives_the_schedule_back(tmp
         assert seen[k] == pytest.approx([lr * (k + 1) / total for lr in scheduled])
     assert seen[total] == pytest.approx(scheduled)
     assert [g["lr"] for g in opt.param_groups] == scheduled  # the scheduler never sees the scaling
+    trainer.epoch = 0  # a step of another run (a sparse model fine-tuned from epoch 0): no ramp, never a negative LR
+    assert rewarm_steps(trainer, cb.state) == (0, 0)
     # resumed at the next epoch: the ramp goes on from half way; two epochs after the step, none
     hooks, trainer.epoch = OptimizerHooks(), 2
     hooks.sync_rewarm(trainer, cb.state)
@@ -303,6 +304,14 @@ def test_group_regularization_decays_each_channel_of_a_coupled_group_alike():
         for s, b in zip(slices, norms):  # every tensor of channel c shrank by 1 - lr * reg * gamma_c
             assert torch.allclose(s.squares().sqrt(), b * (1 - 0.01 * gamma[s.root]), rtol=1e-4, atol=1e-7)
         assert float(gamma.min()) == pytest.approx(1.0) and float(gamma.max()) == pytest.approx(ALPHA)
+    # C2PSA (model.10): its second half feeds attention, so the pruner keeps both halves whole: neither decays
+    psa = m.model[10].cv1.conv.weight
+    assert not any(s.param is psa and s.dim == 0 for _, _, sl in groups for s in sl)
+    # prune_ignore names the fused block: both halves stay; a frozen layer stays
+    kept = {id(s.param) for _, _, sl in group_slices(m, prune_ignore=[2]) for s in sl if s.dim == 0}
+    assert id(cv1) not in kept and id(m.model[2].cv1.bn.weight) not in kept
+    m.model[0].conv.weight.requires_grad_(False)
+    assert id(m.model[0].conv.weight) not in {id(s.param) for _, _, sl in group_slices(m) for s in sl}
 
 
 def test_group_regularization_runs_until_the_last_step_on_each_new_optimizer(tmp_path, tiny_data):

@@ -190,10 +190,10 @@ KEYS: dict[str, Key] = {
     "prune_layers": Key(None, "{layer: ratio} or a yaml file of them", "fixed per-layer channel ratios", layer_ratios),
     "prune_sparsity": Key(0.0, "a number >= 0", "L1 weight on BatchNorm scales while training towards each step",
                           non_negative),
-    "prune_reg": Key(0.0, "a number >= 0", "DepGraph group regularization (torch-pruning's reg): weaker channels of "
-                     "each coupled group decay up to 16x faster while training towards each step", non_negative, TRAIN),
-    "prune_warmup": Key(0.0, "a number >= 0", "epochs of linear LR warmup after each step, from 0 up to the scheduled "
-                        "LR (0: none)", non_negative, TRAIN),
+    "prune_reg": Key(0.0, "a number >= 0", "DepGraph group regularization towards each step: per optimizer step a "
+                     "coupled group decays by lr*prune_reg, its weakest channel 16x that", non_negative, TRAIN),
+    "prune_warmup": Key(0.0, "a number >= 0", "epochs of linear LR warmup after each step, from lr/N over its N "
+                        "optimizer steps up to the scheduled LR (0: none)", non_negative, TRAIN),
     "prune_mode": Key("structured", " | ".join(PRUNE_MODES), "remove channels, or zero weights in place",
                       choice(PRUNE_MODES)),
     "prune_sensitivity": Key(None, "a sensitivity.csv", "for prune_method=sensitivity: the table of "

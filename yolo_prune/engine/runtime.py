@@ -5,9 +5,9 @@ size. Runners are callables doing one inference; :func:`time_interleaved` times 
 every speed-up yolo-prune reports is measured (the latency table, the closed loop of ``prune_latency``, and
 ``yolo-prune benchmark``). Whole models run as deployed: exported by Ultralytics' exporter (:func:`model_runner`).
 
-Timing flushes denormal floats to zero on the calling thread (:func:`flushed`): with them, the same graph with other
-weights timed up to 30% apart on ONNX Runtime at 1 thread (``benchmarks/results/denormals.md``), so a ratio measured
-the weights as much as the architecture.
+Timing flushes denormal floats to zero on the calling thread (:func:`flushed`): with them, one graph with two sets of
+weights timed 0.66-0.69 and 0.85-0.90 of its base on ONNX Runtime at 1 thread (``benchmarks/results/denormals.md``),
+so a ratio measured the weights as much as the architecture.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def _call(fn: Callable[[], Any]) -> tuple[float, float]:
 def flushed() -> Iterator[None]:
     """Denormal floats flushed to zero on the calling thread (``torch.set_flush_denormal``: x86 FTZ/DAZ, Arm FZ), where
     ONNX Runtime and PyTorch compute at 1 thread; ONNX Runtime's pool threads get ``session.set_denormal_as_zero``.
-    Off again on exit (PyTorch's default), so training after a timing computes as before."""
+    Off on exit (PyTorch's default), so training after a timing computes as before: also undoing what ONNX Runtime's
+    option does to the thread that creates the first such session."""
     torch.set_flush_denormal(True)
     try:
         yield

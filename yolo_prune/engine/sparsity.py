@@ -10,10 +10,12 @@ criterion removes first.
 ``prune_reg`` is torch-pruning's ``GroupNormPruner.regularize`` (DepGraph, CVPR 2023): every channel of a coupled group
 (its rows in the convs that make it, its BatchNorm scale, its columns in the convs that read it) decays with a strength
 ``reg * gamma``, where ``gamma = 16**((I_max - I) / (I_max - I_min))`` is 1 for the group's strongest channel by L2
-norm ``I`` and 16 for its weakest (torch-pruning's ``alpha=2**4``). torch-pruning adds ``reg * gamma * w`` to the gradients between ``backward`` and ``optimizer.step``; here it is
-the decoupled form, ``w *= 1 - lr * reg * gamma`` after the step, for the reason above and because Adam (Ultralytics'
-``optimizer=auto``) would rescale a gradient term away. The groups are traced on a split copy of the live model (the
-live one holds Ultralytics' fused ``cv1``) and mapped back to the live tensors.
+norm ``I`` and 16 for its weakest (torch-pruning's ``alpha=2**4``). torch-pruning adds ``reg * gamma * w`` to the
+gradients between ``backward`` and ``optimizer.step``; here it is the decoupled form, ``w *= 1 - lr * reg * gamma``
+after the step, for the reason above and because AdamW (what Ultralytics' ``optimizer=auto`` picks for runs up to 10k
+iterations) would rescale a gradient term away; so ``reg`` here is per unit of LR, not torch-pruning's scale. Unlike torch-pruning, depthwise convs' rows decay with their group
+(they are cut with it); ConvTranspose2d layers are left alone. The groups are traced on a split copy of the live
+model (the live one holds Ultralytics' fused ``cv1``) and mapped back to the live tensors.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class BNSparsity:
         with torch.no_grad():
             for m in self.norms:
                 g = owner.get(id(m.weight))
-                if g is not None:  # a frozen layer's BatchNorm is not in the optimizer and stays as it is
+                if g is not None and m.weight.requires_grad:  # a frozen layer's (freeze=) stays as it is
                     soft_threshold([m], g["lr"] * self.lam)
 
 
@@ -107,32 +109,52 @@ def _live_target(copy_modules: dict, live_modules: dict, name: str) -> tuple[nn.
     """The live module a module of the split copy stands for, and the row offset of its channels there."""
     m = re.fullmatch(r"(.+)\.(cv0|cv1)\.(conv|bn)", name)
     block = copy_modules.get(m.group(1)) if m else None
-    if not isinstance(block, (C2fSplit, C2PSASplit)):
-        return live_modules[name], 0
+    if not isinstance(block, (C2fSplit, C2PSASplit)) or isinstance(live_modules[m.group(1)], (C2fSplit, C2PSASplit)):
+        return live_modules[name], 0  # not a split block, or one the live model holds split too
     return live_modules[f"{m.group(1)}.cv1.{m.group(3)}"], 0 if m.group(2) == "cv0" else block.cv0.conv.out_channels
 
 
-def group_slices(model: nn.Module, exclude=()) -> list[tuple[nn.Parameter, int, list[_Slice]]]:
-    """Per prunable group of ``model`` (a live Ultralytics model): its root weight, channel count and tensor slices.
+def _never_pruned(model: nn.Module, graph, groups: list) -> set[int]:
+    """Groups the pruner always leaves whole: a split block's half whose other half cannot be pruned (the half
+    feeding attention) keeps its width, so both halves stay equal (:meth:`.pruner.ChannelPruner.lock`)."""
+    owner: dict[int, int] = {}
+    for g, group in enumerate(groups):
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                owner.setdefault(id(dep.target.module), g)
+    out = set()
+    for block in model.modules():
+        if isinstance(block, (C2fSplit, C2PSASplit)):
+            pair = [owner.get(id(block.cv0.conv)), owner.get(id(block.cv1.conv))]
+            if None in pair:
+                out |= {g for g in pair if g is not None}
+    return out
 
-    ``exclude``: modules whose groups are left alone (``prune_ignore``), as modules of ``model``.
+
+def group_slices(model: nn.Module, prune_ignore=()) -> list[tuple[nn.Parameter, int, list[_Slice]]]:
+    """Per group of ``model`` (a live Ultralytics model) the pruner may cut: its root weight, channel count and the
+    slices of its tensors that train (a frozen layer's stay as they are).
+
+    ``prune_ignore``: layer keys whose groups are left alone, resolved on the split copy (both halves of a block).
     """
     model = unwrap_model(model)
     live = dict(model.named_modules())
     copy = prepare_model(deepcopy(model))
     copies = dict(copy.named_modules())
-    back = {id(m): n for n, m in live.items()}
-    ignored = [copies[back[id(m)]] for m in exclude if back.get(id(m)) in copies]
     graph = build_graph(copy)
+    groups = prunable_groups(copy, graph, (), prune_ignore or ())
+    skip = _never_pruned(copy, graph, groups)
     out = []
-    for group in prunable_groups(copy, graph, ignored):
+    for g, group in enumerate(groups):
         slices = []
         for item in group:
             dep, idxs, root = item.dep, list(item.idxs), list(item.root_idxs)
             layer, name = dep.target.module, graph._module2name.get(dep.target.module)
-            if name is None:  # an op node (concat, split, activation): no weights
+            if name is None or g in skip:  # an op node (concat, split, activation) has no weights
                 continue
             target, off = _live_target(copies, live, name)
+            if not target.weight.requires_grad:  # frozen (freeze=): torch-pruning skips what has no gradient too
+                continue
             if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine:
                 slices.append(_Slice(target.weight, 0, [i + off for i in idxs], root))
             elif isinstance(layer, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(dep.handler):
@@ -140,7 +162,8 @@ def group_slices(model: nn.Module, exclude=()) -> list[tuple[nn.Parameter, int, 
             elif isinstance(layer, (nn.Conv2d, nn.Linear)) and getattr(layer, "groups", 1) == 1:
                 n = layer.weight.shape[0]  # in-channels: this half's rows of the live conv
                 slices.append(_Slice(target.weight, 1, idxs, root, slice(off, off + n)))
-        out.append((slices[0].param, len(group[0].idxs), slices))
+        if slices:
+            out.append((slices[0].param, len(group[0].idxs), slices))
     return out
 
 
@@ -164,7 +187,7 @@ class GroupDecay:
         lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
         for root, n, slices in self.groups:
             lr = lrs.get(id(root))
-            if lr is None:  # a frozen layer is not in the optimizer and stays as it is
+            if lr is None:  # not this optimizer's parameter
                 continue
             sq = torch.zeros(n, device=root.device)
             for s in slices:

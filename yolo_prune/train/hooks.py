@@ -67,11 +67,13 @@ def rewarm_steps(trainer, state: dict) -> tuple[int, int]:
         return 0, 0
     per_epoch = len(trainer.train_loader) / max(int(getattr(trainer, "accumulate", 1)), 1)
     since = trainer.epoch - state["history"][-1]["epoch"]  # steps run at the start of an epoch
+    if since < 0:  # a step of another run (its epochs counted from another start): none of this run's
+        return 0, 0
     return math.ceil(epochs * per_epoch), math.floor(since * per_epoch)
 
 
 class OptimizerHooks:
-    """The sparsity penalty, the mask keeper and the LR warmup of one run, re-attached whenever the optimizer changes."""
+    """The penalties, the mask keeper and the LR warmup of one run, re-attached whenever the optimizer changes."""
 
     def __init__(self):
         self.sparsity: BNSparsity | None = None
@@ -106,18 +108,13 @@ class OptimizerHooks:
             self.decay.detach()  # a step rebuilt the optimizer (and the groups changed), or the last step ran
             self.decay = None
         if self.decay is None and reg > 0 and state["done"] < len(state["schedule"]):
-            model = student_of(trainer.model)
             with hooks_off(trainer):  # the groups are traced on a copy: no distillation feature hooks on it
-                groups = group_slices(model, ignored_modules(model, state["cfg"]["prune_ignore"]))
+                groups = group_slices(student_of(trainer.model), state["cfg"]["prune_ignore"])
             self.decay = GroupDecay(groups, reg)
             self.decay.attach(trainer.optimizer)
 
-    def sync(self, trainer, state: dict) -> None:
-        """Attach them to the trainer's current optimizer; drop the penalty once the last step has run."""
-        if self.keeper is not None and self.keeper.optimizer is not trainer.optimizer:
-            self.keeper.attach(trainer.optimizer)
-        self.sync_rewarm(trainer, state)
-        self.sync_decay(trainer, state)
+    def sync_sparsity(self, trainer, state: dict) -> None:
+        """``prune_sparsity`` on the trainer's optimizer while steps remain."""
         lam = state["cfg"]["prune_sparsity"]
         if not (lam > 0 and state["done"] < len(state["schedule"])):
             if self.sparsity is not None:
@@ -131,3 +128,15 @@ class OptimizerHooks:
                 self.sparsity.detach()
             self.sparsity = BNSparsity(penalised_norms(model, exclude), lam)
             self.sparsity.attach(trainer.optimizer)
+
+    def sync(self, trainer, state: dict) -> None:
+        """Attach them to the trainer's current optimizer; drop the penalties once the last step has run.
+
+        The ramp is attached last, so its post-step hook puts the scheduled LR back after the penalties have read
+        the ramped one (both decay by the LR the step ran at).
+        """
+        if self.keeper is not None and self.keeper.optimizer is not trainer.optimizer:
+            self.keeper.attach(trainer.optimizer)
+        self.sync_decay(trainer, state)
+        self.sync_sparsity(trainer, state)
+        self.sync_rewarm(trainer, state)
