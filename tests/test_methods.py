@@ -244,40 +244,6 @@ def test_prune_model_python_api_with_batches(tiny_data):
     assert plan.n_channels > 0 and all(p.grad is None for p in m.parameters())  # gradients are not left behind
 
 
-def test_prune_warmup_ramps_the_lr_after_a_step_then_gives_the_schedule_back(tmp_path, tiny_data):
-    from test_trainer import fit, make_trainer
-
-    from yolo_prune.train.hooks import OptimizerHooks, rewarm_steps
-
-    trainer, _ = make_trainer(tmp_path, tiny_data)
-    trainer.accumulate = 1  # one optimizer step per batch: 2 batches of 4 images per epoch
-    cb = PruneCallbacks(prune=0.5, prune_steps=1, prune_start=1, prune_warmup=2.0)
-    cb.on_pretrain_routine_end(trainer)
-    trainer.epoch = 1
-    cb.on_train_epoch_start(trainer)  # the step, then the ramp on the optimizer it built
-    total = 2 * len(trainer.train_loader)
-    assert cb.state["done"] == 1 and cb.hooks.rewarm.total == total == 4
-    opt = trainer.optimizer
-    scheduled = [g["lr"] for g in opt.param_groups]
-    assert min(scheduled) > 0
-    seen = []  # the LR each optimizer step runs at (this pre-hook runs after the ramp's)
-    opt.register_step_pre_hook(lambda o, a, k: seen.append([g["lr"] for g in o.param_groups]))
-    fit(trainer, trainer.preprocess_batch(next(iter(trainer.train_loader))), total + 1)
-    for k in range(total):
-        assert seen[k] == pytest.approx([lr * (k + 1) / total for lr in scheduled])
-    assert seen[total] == pytest.approx(scheduled)
-    assert [g["lr"] for g in opt.param_groups] == scheduled  # the scheduler never sees the scaling
-    trainer.epoch = 0  # a step of another run (a sparse model fine-tuned from epoch 0): no ramp, never a negative LR
-    assert rewarm_steps(trainer, cb.state) == (0, 0)
-    # resumed at the next epoch: the ramp goes on from half way; two epochs after the step, none
-    hooks, trainer.epoch = OptimizerHooks(), 2
-    hooks.sync_rewarm(trainer, cb.state)
-    assert (hooks.rewarm.count, hooks.rewarm.total) == (2, 4)
-    hooks, trainer.epoch = OptimizerHooks(), 3
-    hooks.sync_rewarm(trainer, cb.state)
-    assert hooks.rewarm is None
-
-
 def test_group_regularization_decays_each_channel_of_a_coupled_group_alike():
     from yolo_prune.engine.sparsity import ALPHA, GroupDecay, group_slices
 

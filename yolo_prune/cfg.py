@@ -192,8 +192,6 @@ KEYS: dict[str, Key] = {
                           non_negative),
     "prune_reg": Key(0.0, "a number >= 0", "DepGraph group regularization towards each step: per optimizer step a "
                      "coupled group decays by lr*prune_reg, its weakest channel 16x that", non_negative, TRAIN),
-    "prune_warmup": Key(0.0, "a number >= 0", "epochs of linear LR warmup after each step, from lr/N over its N "
-                        "optimizer steps up to the scheduled LR (0: none)", non_negative, TRAIN),
     "prune_mode": Key("structured", " | ".join(PRUNE_MODES), "remove channels, or zero weights in place",
                       choice(PRUNE_MODES)),
     "prune_sensitivity": Key(None, "a sensitivity.csv", "for prune_method=sensitivity: the table of "
@@ -262,7 +260,6 @@ class PruneConfig:
     prune_layers: dict = field(default_factory=dict)
     prune_sparsity: float = 0.0
     prune_reg: float = 0.0
-    prune_warmup: float = 0.0
     prune_mode: str = "structured"
     prune_sensitivity: str | None = None
     prune_runtime: str = "onnxruntime"

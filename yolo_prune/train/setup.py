@@ -54,7 +54,7 @@ def new(cfg: PruneConfig, trainer, model, latency: LatencyRun) -> dict:
         f"({cfg.prune_method}, round {cfg.prune_round}"
         + (f", sparsity lambda {cfg.prune_sparsity:g}" if cfg.prune_sparsity else "")
         + (f", group regularization {cfg.prune_reg:g}" if cfg.prune_reg else "")
-        + (f", LR warmup {cfg.prune_warmup:g} epochs after each step" if cfg.prune_warmup else "") + ")"
+        + ")"
     )
     return state
 
@@ -63,7 +63,6 @@ def sparse(raw: dict) -> dict:
     """Fine-tuning a sparse model with no schedule of its own: its zeroed weights stay zero."""
     state = read_state(copy.deepcopy(raw))
     state["schedule"] = state["schedule"][: state["done"]]  # an unfinished old schedule is not continued
-    state["cfg"].update(prune_warmup=0.0, prune_reg=0.0)  # no step runs in this run: nothing to warm up after
     LOGGER.info(f"yolo-prune: fine-tuning a {state['cfg']['prune_mode']} sparse model; its zeroed weights stay zero")
     return state
 
