@@ -269,6 +269,16 @@ def prunable_groups(model: nn.Module, graph: tp.DependencyGraph, ignored_layers=
         return list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)))
 
 
+def owners(graph: tp.DependencyGraph, groups: list) -> dict[nn.Module, int]:
+    """Module -> the index of the first of ``groups`` that prunes its output channels."""
+    owner: dict[nn.Module, int] = {}
+    for g, group in enumerate(groups):
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                owner.setdefault(dep.target.module, g)
+    return owner
+
+
 def match_layer(name: str, key: int | str) -> bool:
     """Whether module ``name`` is layer ``key`` or inside it: an Ultralytics layer index (``22`` is ``model.22``) or a
     module name (``model.22.cv2``)."""

@@ -16,7 +16,7 @@ from ..cfg import KEYS, PruneError
 from . import allocate
 from .blocks import C2fSplit, C2PSASplit
 from .costs import FlopsCost
-from .graph import build_graph, match_layer, prunable_groups, tracing_mode
+from .graph import build_graph, match_layer, owners, prunable_groups, tracing_mode
 from .importance import get_importance
 from .plan import PrunePlan, kept_channels
 
@@ -104,12 +104,7 @@ class ChannelPruner:
 
     def owners(self) -> dict[nn.Module, int]:
         """Module -> the index of the first group that prunes its output channels."""
-        owner: dict[nn.Module, int] = {}
-        for g, (_, _, group, _) in enumerate(self.groups):
-            for dep, _ in group:
-                if self.graph.is_out_channel_pruning_fn(dep.handler):
-                    owner.setdefault(dep.target.module, g)
-        return owner
+        return owners(self.graph, [group for _, _, group, _ in self.groups])
 
     def lock(self, removed: list[int]) -> list[int]:
         """``removed`` with both halves of each paired split block at the same count: the smaller of the two, or none

@@ -13,9 +13,10 @@ criterion removes first.
 norm ``I`` and 16 for its weakest (torch-pruning's ``alpha=2**4``). torch-pruning adds ``reg * gamma * w`` to the
 gradients between ``backward`` and ``optimizer.step``; here it is the decoupled form, ``w *= 1 - lr * reg * gamma``
 after the step, for the reason above and because AdamW (what Ultralytics' ``optimizer=auto`` picks for runs up to 10k
-iterations) would rescale a gradient term away; so ``reg`` here is per unit of LR, not torch-pruning's scale. Unlike torch-pruning, depthwise convs' rows decay with their group
-(they are cut with it); ConvTranspose2d layers are left alone. The groups are traced on a split copy of the live
-model (the live one holds Ultralytics' fused ``cv1``) and mapped back to the live tensors.
+iterations) would rescale a gradient term away; so ``reg`` here is per unit of LR, not torch-pruning's scale. Unlike
+torch-pruning, depthwise convs' rows decay with their group (they are cut with it); ConvTranspose2d layers are left
+alone. The groups are traced on a split copy of the live model (the live one holds Ultralytics' fused ``cv1``) and
+mapped back to the live tensors.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ultralytics.nn.modules.block import Attention
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .blocks import C2fSplit, C2PSASplit
-from .graph import build_graph, prepare_model, prunable_groups
+from .graph import build_graph, owners, prepare_model, prunable_groups
 
 ALPHA = 16.0  # torch-pruning's alpha: the weakest channel of a group decays this many times faster than its strongest
 
@@ -117,15 +118,11 @@ def _live_target(copy_modules: dict, live_modules: dict, name: str) -> tuple[nn.
 def _never_pruned(model: nn.Module, graph, groups: list) -> set[int]:
     """Groups the pruner always leaves whole: a split block's half whose other half cannot be pruned (the half
     feeding attention) keeps its width, so both halves stay equal (:meth:`.pruner.ChannelPruner.lock`)."""
-    owner: dict[int, int] = {}
-    for g, group in enumerate(groups):
-        for dep, _ in group:
-            if graph.is_out_channel_pruning_fn(dep.handler):
-                owner.setdefault(id(dep.target.module), g)
+    owner = owners(graph, groups)
     out = set()
     for block in model.modules():
         if isinstance(block, (C2fSplit, C2PSASplit)):
-            pair = [owner.get(id(block.cv0.conv)), owner.get(id(block.cv1.conv))]
+            pair = [owner.get(block.cv0.conv), owner.get(block.cv1.conv)]
             if None in pair:
                 out |= {g for g in pair if g is not None}
     return out
@@ -145,12 +142,12 @@ def group_slices(model: nn.Module, prune_ignore=()) -> list[tuple[nn.Parameter, 
     groups = prunable_groups(copy, graph, (), prune_ignore or ())
     skip = _never_pruned(copy, graph, groups)
     out = []
-    for g, group in enumerate(groups):
+    for group in (group for g, group in enumerate(groups) if g not in skip):
         slices = []
         for item in group:
             dep, idxs, root = item.dep, list(item.idxs), list(item.root_idxs)
             layer, name = dep.target.module, graph._module2name.get(dep.target.module)
-            if name is None or g in skip:  # an op node (concat, split, activation) has no weights
+            if name is None:  # an op node (concat, split, activation) has no weights
                 continue
             target, off = _live_target(copies, live, name)
             if not target.weight.requires_grad:  # frozen (freeze=): torch-pruning skips what has no gradient too

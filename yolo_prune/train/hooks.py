@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 from ..checkpoint import student_of
-from .distill import hooks_off
 from ..engine.graph import ignored_modules
 from ..engine.sparsity import BNSparsity, GroupDecay, group_slices, penalised_norms
 from ..engine.unstructured import MaskKeeper
+from .distill import hooks_off
 
 
 class OptimizerHooks:
